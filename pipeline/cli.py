@@ -1,0 +1,157 @@
+"""Command line: `python -m pipeline --input GLOB --output DIR [options]`.
+
+Parses options, runs the launch checks, runs the job and prints a summary.
+Every error a user can cause is one line on stderr (exit status 2); a
+traceback only with --verbose.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+_LOGGER = logging.getLogger("pipeline")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _configure_logging(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if verbose else "2")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if verbose else "%(levelname)s: %(message)s",
+        stream=sys.stderr, force=True)
+    if not verbose:
+        # Beam, TF and the GCS client are chatty at INFO.
+        for name in ("apache_beam", "tensorflow", "absl", "google",
+                     "urllib3", "h5py"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # Local worker processes forward their logs here at WARNING, mostly
+        # noise about options and platform features; real failures are ERROR.
+        logging.getLogger("apache_beam.runners.portability.fn_api_runner"
+                          ).setLevel(logging.ERROR)
+
+
+def _standin_banner(model: str) -> None:
+    line = "!" * 72
+    _LOGGER.warning(
+        "\n%s\n  STAND-IN MODEL: %s holds random weights built by\n"
+        "  `python -m pipeline.standin`. Its labels are MEANINGLESS. Use it\n"
+        "  to try the pipeline, never for real labels.\n%s", line, model,
+        line)
+
+
+def _counters(result) -> Dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=import-outside-toplevel
+    from transforms.errors import METRICS_NAMESPACE  # pylint: disable=import-outside-toplevel
+    totals: Dict[str, int] = {}
+    query = result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None \
+            else counter.attempted
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return totals
+
+
+def summary_lines(total_inputs: int, counters: Dict[str, int],
+                  wall_s: float, output: str) -> List[str]:
+    """The end-of-run summary, one fact per line."""
+    labeled = counters.get("images_labeled", 0)
+    failed = {name[len("images_failed_"):]: n for name, n in counters.items()
+              if name.startswith("images_failed_") and n}
+    errors = sum(failed.values())
+    by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted(failed.items()))
+    return [
+        f"inputs        {total_inputs}",
+        f"labeled       {labeled}",
+        f"errors        {errors}" + (f" ({by_stage})" if by_stage else ""),
+        f"wall time     {wall_s:.1f} s",
+        f"images/s      {total_inputs / wall_s:.1f}" if wall_s > 0 else "",
+        f"module loads  {counters.get('module_loads', 0)} (in worker "
+        "processes; 0 means reused from the launch check)",
+        f"output        {output}",
+    ]
+
+
+def run(argv: Sequence[str]) -> int:
+    """The labeling job. Returns the process exit status."""
+    from pipeline.options import UsageError, help_text, parse_args  # pylint: disable=import-outside-toplevel
+    verbose = "--verbose" in argv
+    _configure_logging(verbose)
+    try:
+        args, options = parse_args(argv)
+    except UsageError as exc:
+        _LOGGER.error("%s", exc)
+        return EXIT_USAGE
+    if args.help:
+        sys.stdout.write(help_text())
+        return EXIT_OK
+
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from pipeline import job  # pylint: disable=import-outside-toplevel
+    from pipeline.checks import LaunchError, run_checks  # pylint: disable=import-outside-toplevel
+
+    if args.create_standin_model:
+        _create_standin_if_missing(args.model)
+    started = time.time()
+    try:
+        facts = run_checks(args)
+    except LaunchError as exc:
+        if verbose:
+            _LOGGER.exception("launch check failed")
+        _LOGGER.error("%s", exc)
+        return EXIT_USAGE
+    if facts.is_standin:
+        _standin_banner(args.model)
+    _LOGGER.info("labeling %d images with %s (%s module, %d classes%s)",
+                 facts.total_inputs, args.model, facts.classifier.kind,
+                 facts.classifier.num_classes,
+                 f", {facts.classifier.embedding_dim}-d embedding"
+                 if facts.classifier.embedding_dim else ", no embedding")
+
+    pipeline = beam.Pipeline(options=options)
+    job.build(pipeline, args, facts.labels)
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.time() - started
+    for line in summary_lines(facts.total_inputs, _counters(result), wall,
+                              args.output):
+        if line:
+            _LOGGER.info("%s", line)
+    if facts.is_standin:
+        _standin_banner(args.model)
+    return EXIT_OK
+
+
+def _create_standin_if_missing(model: str) -> None:
+    """--create_standin_model: build the stand-in where --model points, if
+    nothing is there yet (never replaces a real module)."""
+    from pipeline import standin  # pylint: disable=import-outside-toplevel
+    if "://" in model or os.path.exists(model):
+        return
+    _LOGGER.warning("building the random-weight stand-in module at %s", model)
+    standin.build_standin(model, "tf1")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        _LOGGER.error("interrupted")
+        return 130
+    except Exception as exc:  # pylint: disable=broad-except
+        if "--verbose" in argv:
+            raise
+        _LOGGER.error("job failed: %s (run with --verbose for details)",
+                      " ".join(str(exc).split())[:500])
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

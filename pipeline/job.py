@@ -1,0 +1,56 @@
+"""Assembling the labeling job from the steps in transforms/:
+
+    uri → bytes → decoded 96×96 tensor | error → batch → logits + embedding
+        → row → Parquet
+
+Errors from every step are flattened into one errors output.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import apache_beam as beam
+
+from transforms.classify import Classify, HubClassifierHandler
+from transforms.decode import (DecodeAndPreprocess, DecodeSettings,
+                               allowed_formats)
+from transforms.errors import ERRORS_TAG
+from transforms.read import ReadImages, uri_scheme
+from transforms.rows import ToLabelRows
+from transforms.write import WriteErrors, WriteLabels
+
+
+def input_schemes(args: argparse.Namespace) -> Sequence[str]:
+    """Filesystems input URIs may be on: --input_schemes, or else the
+    filesystem of --input / --input_manifest itself."""
+    if args.input_schemes:
+        return [s.strip().lower() for s in args.input_schemes.split(",")
+                if s.strip()]
+    return [uri_scheme(args.input or args.input_manifest)]
+
+
+def build(pipeline: beam.Pipeline, args: argparse.Namespace,
+          labels: Sequence[str]) -> None:
+    """Add the labeling transforms to `pipeline`."""
+    images = pipeline | "ReadImages" >> ReadImages(
+        args.input, args.input_manifest, max_bytes=args.max_file_bytes,
+        allowed_schemes=input_schemes(args))
+    decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
+        DecodeSettings(max_pixels=args.max_pixels,
+                       allowed_formats=allowed_formats(
+                           args.allowed_formats.split(",")),
+                       fast_jpeg=args.fast_jpeg))
+    handler = HubClassifierHandler(
+        args.model, labels, top_k=args.top_k,
+        embedding_model=args.embedding_model,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        model_cache_dir=args.model_cache_dir)
+    classified = decoded["images"] | "Classify" >> Classify(handler)
+    _ = (classified["results"]
+         | "ToLabelRows" >> ToLabelRows()
+         | "WriteLabels" >> WriteLabels(args.output))
+    _ = ((images[ERRORS_TAG], decoded[ERRORS_TAG], classified[ERRORS_TAG])
+         | "AllErrors" >> beam.Flatten()
+         | "WriteErrors" >> WriteErrors(args.output))

@@ -1,0 +1,235 @@
+"""Every option of the labeling job and its default: the one place they live.
+
+The job's own options are parsed here; everything else on the command line
+must be a Beam pipeline option (runner, project, direct_num_workers, ...) and
+is passed to Beam. A YAML config file (`--config`) only sets values: each
+key is an option name (either kind), and flags given on the command line
+override it.
+
+Note: Beam's Dataflow options define `--labels` as an alias of `--label`
+(job labels). Here `--labels` is the label file of the classifier; Dataflow
+job labels are still given with `--label key=value`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Sequence, Tuple
+
+import yaml
+from apache_beam.options.pipeline_options import (DirectOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions)
+
+DEFAULT_MODEL = ("https://tfhub.dev/google/imagenet/"
+                 "mobilenet_v2_050_96/classification/2")
+DEFAULT_LABELS = ("https://storage.googleapis.com/download.tensorflow.org/"
+                  "data/ImageNetLabels.txt")
+DEFAULT_FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
+# Pillow's own decompression-bomb threshold; a 90 MP RGB image is ~270 MB.
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class UsageError(Exception):
+    """A problem with the command line or configuration; one-line message."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's own options, with their defaults and help."""
+    parser = _RaisingParser(
+        prog="python -m pipeline", allow_abbrev=False, add_help=False,
+        description="Label images with a TF-Hub classifier; write Parquet.")
+    io_group = parser.add_argument_group("input and output")
+    io_group.add_argument(
+        "--input", help="glob of images on any Beam filesystem, e.g. "
+        "'/data/**/*.jpg' or 'gs://bucket/images/*.jpg'")
+    io_group.add_argument(
+        "--input_manifest", help="text or CSV file (local or gs://) listing "
+        "one image URI per line, instead of --input")
+    io_group.add_argument(
+        "--input_schemes", default=None,
+        help="comma-separated filesystems (file, gs, ...) that manifest "
+        "URIs may name; default: the filesystem of the input itself")
+    io_group.add_argument(
+        "--output", help="output directory (local or gs://): "
+        "labels-*.parquet and errors-*.parquet are written under it")
+    io_group.add_argument(
+        "--overwrite", action="store_true",
+        help="replace results already under --output")
+    model_group = parser.add_argument_group("model")
+    model_group.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help="module handle: tfhub.dev URL, local directory or gs:// "
+        "directory (TF1 Hub format or TF2 SavedModel)")
+    model_group.add_argument(
+        "--embedding_model", default=None,
+        help="feature-vector module for TF2 classifiers that give logits "
+        "only (TF1 Hub modules provide the embedding themselves)")
+    model_group.add_argument(
+        "--labels", default=DEFAULT_LABELS,
+        help="label file, one class name per line (local, gs:// or URL); "
+        "its line count must equal the module's classes")
+    model_group.add_argument("--top_k", type=_positive_int, default=5)
+    model_group.add_argument(
+        "--min_batch_size", type=_positive_int, default=16,
+        help="smallest batch BatchElements forms")
+    model_group.add_argument(
+        "--max_batch_size", type=_positive_int, default=64,
+        help="largest batch BatchElements forms")
+    model_group.add_argument(
+        "--model_cache_dir", default=None,
+        help="local directory for copies of gs:// modules "
+        "(default: <tmp>/image-labeler-modules)")
+    model_group.add_argument(
+        "--create_standin_model", action="store_true",
+        help="if --model is a local directory that does not exist, first "
+        "build the random-weight stand-in module there (demo and tests "
+        "only: its labels are meaningless)")
+    decode_group = parser.add_argument_group("decoding limits")
+    decode_group.add_argument(
+        "--max_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels (checked before decoding)")
+    decode_group.add_argument(
+        "--max_file_bytes", type=_positive_int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="refuse larger files (checked before reading them whole)")
+    decode_group.add_argument(
+        "--allowed_formats", default=DEFAULT_FORMATS,
+        help="comma-separated image formats the decoder may parse")
+    decode_group.add_argument(
+        "--fast_jpeg", action="store_true",
+        help="decode JPEGs at reduced size (DCT scaling): faster, not "
+        "identical to the reference preprocessing")
+    cli_group = parser.add_argument_group("command line")
+    cli_group.add_argument("--config", default=None,
+                           help="YAML file of option values")
+    cli_group.add_argument("--verbose", action="store_true",
+                           help="debug logging and full tracebacks")
+    cli_group.add_argument("-h", "--help", action="store_true")
+    return parser
+
+
+def _config_flags(path: str) -> List[str]:
+    """A YAML config → command-line flags, in file order."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path} is not valid YAML: "
+                         f"{' '.join(str(exc).split())}")
+    if not isinstance(values, dict):
+        raise UsageError(f"config {path} must be a mapping of option: value")
+    flags: List[str] = []
+    for key, value in values.items():
+        if key == "config":
+            raise UsageError(f"config {path} cannot include another config")
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item is None or item is False:
+                continue  # unset / boolean flag off
+            flags.append(f"--{key}" if item is True else f"--{key}={item}")
+    return flags
+
+
+def _unknown_beam_flags(flags: Sequence[str]) -> List[str]:
+    """Flags that no Beam PipelineOptions class defines.
+
+    Beam itself only logs "Discarding unparseable args"; a typo must stop
+    the job instead. This builds the same parser Beam's get_all_options does
+    (its private _BeamArgumentParser: some options need its extra methods).
+    """
+    from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=import-outside-toplevel
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    _, unknown = parser.parse_known_args(list(flags))
+    return [flag.split("=", 1)[0] for flag in unknown if flag.startswith("-")]
+
+
+def default_num_workers() -> int:
+    """Local worker processes: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_args(argv: Sequence[str]
+               ) -> Tuple[argparse.Namespace, PipelineOptions]:
+    """Command line (+ --config) → (job options, Beam pipeline options).
+
+    Raises UsageError with a one-line message for unknown or invalid
+    options, a missing input/output, or an unreadable config.
+    """
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(list(argv))
+    flags = (_config_flags(pre.config) if pre.config else []) + list(argv)
+    args, beam_flags = parser.parse_known_args(flags)
+    if args.help:
+        return args, PipelineOptions([])
+    unknown = _unknown_beam_flags(beam_flags)
+    if unknown:
+        source = f" (from the command line or {pre.config})" \
+            if pre.config else ""
+        raise UsageError(f"unknown option{'s' if len(unknown) > 1 else ''}"
+                         f" {', '.join(unknown)}{source}; see --help")
+    if bool(args.input) == bool(args.input_manifest):
+        raise UsageError("give exactly one of --input GLOB or "
+                         "--input_manifest FILE")
+    if not args.output:
+        raise UsageError("--output is required (a local or gs:// directory)")
+    if args.min_batch_size > args.max_batch_size:
+        raise UsageError(f"--min_batch_size {args.min_batch_size} is larger "
+                         f"than --max_batch_size {args.max_batch_size}")
+    return args, beam_options(beam_flags)
+
+
+def beam_options(beam_flags: Sequence[str]) -> PipelineOptions:
+    """Beam options with local-run defaults made explicit.
+
+    The runner is always chosen explicitly: Beam 2.77's default first tries
+    to download the Prism runner, which is slow or noisy without network.
+    Local runs use one worker process per core (the file list is
+    reshuffled, so every worker gets work).
+    """
+    options = PipelineOptions(list(beam_flags))
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"
+    if standard.runner in ("DirectRunner", "direct"):
+        direct = options.view_as(DirectOptions)
+        given = " ".join(beam_flags)
+        if "--direct_running_mode" not in given:
+            direct.direct_running_mode = "multi_processing"
+        if "--direct_num_workers" not in given:
+            direct.direct_num_workers = default_num_workers()
+    return options
+
+
+def help_text() -> str:
+    return build_parser().format_help() + (
+        "\nAny Beam pipeline option (e.g. --runner, --project, --region, "
+        "--temp_location, --direct_num_workers) is passed to Beam.\n")

@@ -1,0 +1,163 @@
+"""Step 3: batches of decoded images → logits + embedding → top-k labels.
+
+`HubClassifierHandler` is a RunInference `ModelHandler`: RunInference batches
+the elements (Beam's BatchElements, sized by the handler's min/max batch
+size) and loads the module once per worker process through Beam's `Shared`,
+so every thread of a worker uses the same copy. Beam's own TFModelHandler*
+cannot load TF1 Hub format modules; loading lives in transforms/model.py.
+
+Per batch, one forward pass gives both logits and embeddings; softmax, top-k
+and the label lookup are vectorised over the batch, so nothing per image
+touches the model or builds Python lists of 1001 scores.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import (Any, Dict, Iterable, NamedTuple, Optional, Sequence,
+                    Tuple)
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
+                                           RunInference)
+
+from transforms.decode import DecodedImage
+from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_CLASSIFY,
+                               error_record)
+from transforms.model import ImageClassifier, load_classifier
+from transforms.schema import utc_now
+
+_LOGGER = logging.getLogger(__name__)
+
+# Module loads in this process not yet counted in the `module_loads` metric.
+_UNREPORTED_LOADS: list = []
+
+
+class Classification(NamedTuple):
+    """The model's answer for one image."""
+    top_k_indices: np.ndarray        # int32 [k], best first
+    top_k_labels: Tuple[str, ...]
+    top_k_scores: np.ndarray         # float32 [k], softmax probabilities
+    embedding: Optional[np.ndarray]  # float32 [1280], or None
+    labeled_at: datetime.datetime    # when its batch was classified (UTC)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def top_k(probabilities: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices [B, k] and values [B, k] of the k largest per row, descending;
+    ties go to the lower index, as a stable sort would."""
+    k = min(k, probabilities.shape[1])
+    candidates = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(probabilities, candidates, axis=1)
+    order = np.lexsort((candidates, -values), axis=1)
+    indices = np.take_along_axis(candidates, order, axis=1)
+    return indices.astype(np.int32), np.take_along_axis(probabilities,
+                                                        indices, axis=1)
+
+
+def classify_batch(classifier: ImageClassifier, pixels: np.ndarray,
+                   labels: np.ndarray, k: int) -> list:
+    """[B, 96, 96, 3] float32 → B Classifications (one forward pass)."""
+    logits, embeddings = classifier(pixels)
+    probabilities = softmax(logits.astype(np.float32))
+    indices, scores = top_k(probabilities, k)
+    names = labels[indices]  # vectorised label lookup, [B, k]
+    scores = scores.astype(np.float32)
+    labeled_at = utc_now()
+    return [
+        Classification(indices[i], tuple(names[i]), scores[i],
+                       None if embeddings is None else embeddings[i],
+                       labeled_at)
+        for i in range(len(indices))
+    ]
+
+
+class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
+                                        ImageClassifier]):
+    """RunInference handler for the TF-Hub MobileNet V2 classifier.
+
+    Takes DecodedImages and yields PredictionResult(example=DecodedImage,
+    inference=Classification, model_id=handle).
+    """
+
+    def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
+                 embedding_model: Optional[str] = None,
+                 min_batch_size: int = 16, max_batch_size: int = 64,
+                 model_cache_dir: Optional[str] = None):
+        super().__init__(min_batch_size=min_batch_size,
+                         max_batch_size=max_batch_size)
+        self._model = model
+        self._embedding_model = embedding_model
+        self._labels = tuple(labels)
+        self._label_array = np.asarray(self._labels, dtype=object)
+        self._top_k = top_k
+        self._model_cache_dir = model_cache_dir
+
+    def load_model(self) -> ImageClassifier:
+        """Called by RunInference through Beam's Shared: once per process."""
+        classifier, loaded_now = load_classifier(
+            self._model, self._embedding_model, self._model_cache_dir)
+        if loaded_now:
+            # Loading runs in DoFn.setup, where Beam keeps no metrics; the
+            # count is reported with the first batch.
+            _UNREPORTED_LOADS.append(classifier.handle)
+        if classifier.num_classes != len(self._labels):
+            raise ValueError(
+                f"module has {classifier.num_classes} classes but the label "
+                f"file has {len(self._labels)} lines")
+        return classifier
+
+    def run_inference(self, batch: Sequence[DecodedImage],
+                      model: ImageClassifier,
+                      inference_args: Optional[Dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        while _UNREPORTED_LOADS:
+            _UNREPORTED_LOADS.pop()
+            Metrics.counter(METRICS_NAMESPACE, "module_loads").inc()
+        pixels = np.stack([image.pixels for image in batch])
+        results = classify_batch(model, pixels, self._label_array,
+                                 self._top_k)
+        return [PredictionResult(image, result, self._model)
+                for image, result in zip(batch, results)]
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        # The default pickles the whole batch just to measure it.
+        return sum(image.pixels.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+def _failed_batch_errors(failed: Tuple[Sequence[DecodedImage], BaseException]
+                         ) -> Iterable:
+    """RunInference's dead letter (batch, exception) → one ErrorRecord per
+    image, so a failed batch loses nothing."""
+    batch, exc = failed
+    for image in batch:
+        yield error_record(image.uri, STAGE_CLASSIFY, exc)
+
+
+class Classify(beam.PTransform):
+    """PCollection[DecodedImage] →
+    {"results": PredictionResult, ERRORS_TAG: ErrorRecord}."""
+
+    def __init__(self, handler: HubClassifierHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, images):
+        results, failures = (
+            images
+            | "RunInference" >> RunInference(self._handler)
+            .with_exception_handling())
+        errors = (failures.failed_inferences
+                  | "FailedBatchErrors" >> beam.FlatMap(_failed_batch_errors))
+        return {"results": results, ERRORS_TAG: errors}

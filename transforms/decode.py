@@ -1,0 +1,322 @@
+"""Step 2: bytes → decoded, preprocessed 96×96 RGB tensor, or an error record.
+
+The preprocessing reproduces the module's published evaluation pipeline in
+its TF2 form (the "reference"):
+
+    tf.io.decode_jpeg(channels=3) → tf.image.convert_image_dtype(float32)
+    → tf.image.central_crop(0.875) → tf.image.resize((96, 96), "bilinear")
+
+`tf.io.decode_jpeg` uses libjpeg-turbo's fast integer DCT (JDCT_IFAST) by
+default; Pillow always decodes with the accurate one, which differs from the
+reference by up to ~2/255 per image on average. Pillow offers no switch, so
+baseline RGB/greyscale JPEGs are decoded with simplejpeg (a libjpeg-turbo
+binding) with the same DCT and upsampling as TF: bit-identical to the
+reference and faster. Pillow still parses every header (format allow-list,
+size limit, EXIF) and decodes everything else, and it has the last word: a
+JPEG that simplejpeg rejects as corrupt but Pillow can read is decoded by
+Pillow.
+
+`tf.image.central_crop` keeps 87.5% of *each* side (integer box, offset
+int(side / 16)), so the crop keeps the image's aspect ratio and the resize
+then squeezes it to 96×96, exactly as the reference does. The resize is
+bilinear with half-pixel centres and no antialiasing. Pillow's own
+`resize(BILINEAR)` antialiases when shrinking (≈8/255 off the reference), so
+the sampling is done here in NumPy on just the 2×96 rows and columns it
+needs; it matches TF's kernel to float rounding.
+
+Decoding rules for inputs that are not plain 8-bit RGB:
+  * EXIF orientation is applied (stored image → upright). Cropping and the
+    symmetric resampling commute with the eight orientations, so the
+    rotation/flip is applied to the 96×96 result, which is cheaper.
+  * Alpha (RGBA, LA, PA, palette or grey with tRNS transparency) is
+    composited over a white background, as a viewer shows it on a white page.
+  * 16-bit greyscale (I;16*) is scaled by 1/65535, not clipped; 16-bit RGB
+    PNG/TIFF are reduced to 8 bits by Pillow (the high byte).
+  * CMYK uses Pillow's CMYK→RGB conversion (no ICC colour management).
+  * Animated images (GIF, APNG, WebP) and multi-page TIFFs use the first frame.
+  * Everything else (1-bit, L, P, YCbCr, ...) goes through Pillow's convert.
+  * The format must be on an allow-list, and width × height must be within
+    a pixel limit, both checked from the header before pixels are decoded.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence, Tuple, Union
+
+import apache_beam as beam
+import numpy as np
+import simplejpeg
+from apache_beam.metrics import Metrics
+from PIL import Image
+
+from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_DECODE,
+                               ImageError, error_record)
+from transforms.read import ImageBytes
+
+#: The module's input contract (model card): 96×96 RGB, central crop 87.5%.
+IMAGE_SIZE = 96
+CENTRAL_FRACTION = 0.875
+
+# We enforce our own pixel limit before decoding; Pillow's warning for large
+# images would only repeat it, at a different threshold.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+_ORIENTATION_TAG = 0x0112
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What the decode step accepts and how it decodes (values come from
+    the job's options; see pipeline/options.py for defaults)."""
+    max_pixels: int
+    allowed_formats: Tuple[str, ...]
+    fast_jpeg: bool = False  # JPEG DCT-scaled decoding: faster, not reference-exact
+
+
+class DecodedImage(NamedTuple):
+    """A preprocessed image ready for the model, with its original facts."""
+    uri: str
+    pixels: np.ndarray  # float32 [96, 96, 3], RGB in [0, 1]
+    width: int          # upright (after EXIF orientation), before cropping
+    height: int
+    format: str         # Pillow's format name, e.g. "JPEG"
+
+
+# ---------------------------------------------------------------------------
+# Plain functions (no Beam)
+# ---------------------------------------------------------------------------
+
+def central_crop_box(width: int, height: int,
+                     fraction: float = CENTRAL_FRACTION
+                     ) -> Tuple[int, int, int, int]:
+    """(left, top, crop_width, crop_height) as tf.image.central_crop computes.
+
+    TF takes offset = int(side / int(1 / ((1 - fraction) / 2))) and keeps
+    side - 2 * offset, i.e. the offset is floor(side / 16) for 0.875.
+    """
+    divisor = int(1 / ((1 - fraction) / 2.0))
+    left, top = int(width / divisor), int(height / divisor)
+    return left, top, width - 2 * left, height - 2 * top
+
+
+def _half_pixel_taps(in_size: int, out_size: int, offset: int
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of TF's bilinear resize (half-pixel
+    centres, no antialiasing) along one axis, in float32 like TF's kernel."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    centres = ((np.arange(out_size, dtype=np.float32) + np.float32(0.5))
+               * scale - np.float32(0.5))
+    floor = np.floor(centres)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(centres), in_size - 1).astype(np.intp)
+    weight = (centres - floor).astype(np.float32)
+    return lower + offset, upper + offset, weight
+
+
+def resize_bilinear_crop(pixels: np.ndarray, box: Tuple[int, int, int, int],
+                         size: int = IMAGE_SIZE) -> np.ndarray:
+    """Bilinear-resize the `box` region of an [H, W, C] array to size×size.
+
+    Matches tf.image.resize(method="bilinear") on the cropped image. Only
+    the 2·size source rows and columns that the output samples are touched,
+    so cost does not grow with the image.
+    """
+    left, top, crop_w, crop_h = box
+    y0, y1, wy = _half_pixel_taps(crop_h, size, top)
+    x0, x1, wx = _half_pixel_taps(crop_w, size, left)
+    rows = np.concatenate([y0, y1])
+    cols = np.concatenate([x0, x1])
+    taps = pixels[rows[:, None], cols[None, :]].astype(np.float32)
+    top_left, top_right = taps[:size, :size], taps[:size, size:]
+    bottom_left, bottom_right = taps[size:, :size], taps[size:, size:]
+    wx = wx[None, :, None]
+    upper = top_left + (top_right - top_left) * wx
+    lower = bottom_left + (bottom_right - bottom_left) * wx
+    return upper + (lower - upper) * wy[:, None, None]
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a stored-orientation [H, W, C] array upright (EXIF tag 0x0112).
+
+    Same mapping as PIL.ImageOps.exif_transpose; unknown values are ignored.
+    """
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, k=-1)
+    if orientation == 7:
+        return pixels[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(pixels, k=1)
+    return pixels
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb_array(image: Image.Image) -> Tuple[np.ndarray, float]:
+    """A loaded Pillow image → ([H, W, 3] array, its full-scale value).
+
+    Returns uint8 with scale 255 for ordinary images and float32 with scale 1
+    for 16-bit greyscale, which keeps its precision instead of being clipped
+    to 8 bits the way Pillow's convert("RGB") would.
+    """
+    mode = image.mode
+    transparency = image.info.get("transparency")
+    if mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image).astype(np.float32)
+        # Mode "I" can hold any int32; treat it as 16-bit data (PNG/TIFF).
+        value = np.clip(grey / 65535.0, 0.0, 1.0)
+        if isinstance(transparency, int):  # tRNS: one grey value is clear
+            value = np.where(grey == transparency, 1.0, value)
+        return np.repeat(value[:, :, None], 3, axis=2), 1.0
+    if mode in _ALPHA_MODES or transparency is not None:
+        return np.asarray(_over_white(image.convert("RGBA"))), 255.0
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image), 255.0
+
+
+def _min_decoded_side(size: int) -> int:
+    """Smallest side that still leaves `size` pixels across the central crop:
+    DCT-scaled decoding (fast mode) must not shrink below it."""
+    return math.ceil(size / CENTRAL_FRACTION) + 1
+
+
+def decode_jpeg_like_tf(data: bytes, fast: bool = False,
+                        size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode a baseline/progressive YCbCr or greyscale JPEG to [H, W, 3]
+    uint8 exactly as tf.io.decode_jpeg(channels=3) does (fast integer DCT,
+    fancy upsampling). With `fast`, libjpeg-turbo's DCT scaling decodes at a
+    reduced size no smaller than the crop needs. Raises ValueError on
+    corrupt data (strict: even recoverable damage)."""
+    side = _min_decoded_side(size) if fast else 0
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True,
+                                  fastupsample=False, min_height=side,
+                                  min_width=side)
+
+
+def decode_image(data: bytes, settings: DecodeSettings,
+                 size: int = IMAGE_SIZE
+                 ) -> Tuple[np.ndarray, int, int, str]:
+    """Decode and preprocess one image as the module expects.
+
+    Returns (pixels float32 [size, size, 3] in [0, 1], upright width, upright
+    height, format). Raises ImageError or Pillow's own exceptions on files
+    that are not allowed or not decodable.
+    """
+    if not data:
+        raise ImageError("EmptyFile", "file is empty (0 bytes)")
+    # formats=: parsers outside the allow-list are never even tried (EPS/PDF
+    # would hand the file to Ghostscript).
+    try:
+        image = Image.open(io.BytesIO(data), formats=settings.allowed_formats)
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(
+            "UnidentifiedImage",
+            "not an image in an allowed format "
+            f"({', '.join(settings.allowed_formats)})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit
+        raise ImageError("TooManyPixels", f"{exc}") from exc
+    with image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageError("InvalidSize", f"image size is {width}x{height}")
+        if width * height > settings.max_pixels:
+            raise ImageError(
+                "TooManyPixels",
+                f"{width}x{height} = {width * height} pixels exceeds the "
+                f"limit of {settings.max_pixels} (possible decompression bomb)")
+        image_format = image.format or "UNKNOWN"
+        pixels = None
+        if image_format == "JPEG" and image.mode in ("RGB", "L"):
+            try:
+                pixels, full_scale = decode_jpeg_like_tf(
+                    data, settings.fast_jpeg, size), 255.0
+            except ValueError:
+                pixels = None  # let Pillow decide: it tolerates some damage
+        if pixels is None:
+            if settings.fast_jpeg and image_format == "JPEG":
+                side = _min_decoded_side(size)
+                image.draft("RGB", (side, side))
+            image.load()
+            pixels, full_scale = to_rgb_array(image)
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    box = central_crop_box(pixels.shape[1], pixels.shape[0])
+    if box[2] <= 0 or box[3] <= 0:
+        raise ImageError("InvalidSize", f"image size is {width}x{height}")
+    resized = resize_bilinear_crop(pixels, box, size)
+    if full_scale != 1.0:
+        resized *= np.float32(1.0 / full_scale)
+    upright = apply_orientation(resized, orientation)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return np.ascontiguousarray(upright, dtype=np.float32), width, height, \
+        image_format
+
+
+# ---------------------------------------------------------------------------
+# Beam
+# ---------------------------------------------------------------------------
+
+class DecodeImages(beam.DoFn):
+    """ImageBytes → DecodedImage, or an ErrorRecord (stage "decode") on
+    ERRORS_TAG. Pillow releases the GIL while decoding, so several threads
+    of one worker decode in parallel."""
+
+    def __init__(self, settings: DecodeSettings):
+        self._settings = settings
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "images_decoded")
+
+    def setup(self):
+        # Pillow logs some decoder failures at ERROR; each one is recorded
+        # as an error row already, so the log line is only noise.
+        logging.getLogger("PIL").setLevel(logging.CRITICAL)
+
+    def process(self, element: ImageBytes
+                ) -> Iterator[Union[DecodedImage, beam.pvalue.TaggedOutput]]:
+        try:
+            pixels, width, height, fmt = decode_image(element.data,
+                                                      self._settings)
+        except Exception as exc:  # pylint: disable=broad-except
+            # Any exception here is about this one file: record it, go on.
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG, error_record(element.uri, STAGE_DECODE, exc))
+            return
+        self._decoded.inc()
+        yield DecodedImage(element.uri, pixels, width, height, fmt)
+
+
+class DecodeAndPreprocess(beam.PTransform):
+    """PCollection[ImageBytes] → {"images": DecodedImage, ERRORS_TAG: ErrorRecord}."""
+
+    def __init__(self, settings: DecodeSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, images):
+        results = images | "Decode" >> beam.ParDo(
+            DecodeImages(self._settings)).with_outputs(ERRORS_TAG,
+                                                       main="images")
+        return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
+
+
+def allowed_formats(names: Sequence[str]) -> Tuple[str, ...]:
+    """Normalise format names to Pillow's plugin IDs ("jpg" → "JPEG")."""
+    aliases = {"JPG": "JPEG", "TIF": "TIFF"}
+    return tuple(aliases.get(n.strip().upper(), n.strip().upper())
+                 for n in names if n.strip())

@@ -1,0 +1,57 @@
+"""Error records: what becomes of an image that fails at any step.
+
+Every step routes failures to a tagged output of `ErrorRecord`s instead of
+raising, so one bad file never takes the job down and never vanishes: each
+input URI ends up either as a labels row or as an errors row.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from apache_beam.metrics import Metrics
+
+#: Name of the tagged output that carries ErrorRecords in every step.
+ERRORS_TAG = "errors"
+
+# Stages, in pipeline order; the `stage` column of the errors output.
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_CLASSIFY = "classify"
+
+METRICS_NAMESPACE = "labeling"
+
+_MAX_MESSAGE_CHARS = 500
+
+
+class ErrorRecord(NamedTuple):
+    """One image that could not be labeled, and why."""
+    uri: str
+    stage: str
+    error_type: str
+    message: str
+
+
+class ImageError(Exception):
+    """An expected, per-image failure with a stable machine-readable type.
+
+    `error_type` names the problem (e.g. "FileTooLarge", "FormatNotAllowed");
+    other exceptions are recorded under their class name.
+    """
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def error_record(uri: str, stage: str, exc: BaseException) -> ErrorRecord:
+    """Turn an exception raised while handling `uri` into an ErrorRecord.
+
+    Also counts it in the Beam counter `images_failed_<stage>`.
+    """
+    error_type = getattr(exc, "error_type", None) or type(exc).__name__
+    message = " ".join(str(exc).split()) or error_type  # one line, never empty
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS - 3] + "..."
+    Metrics.counter(METRICS_NAMESPACE, f"images_failed_{stage}").inc()
+    return ErrorRecord(uri=uri, stage=stage, error_type=error_type,
+                       message=message)

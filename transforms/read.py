@@ -1,0 +1,175 @@
+"""Step 1: URI → bytes.
+
+Inputs are a glob on any Beam filesystem (local, gs://, ...) or a manifest
+file listing one URI per line. Files are read through Beam's `FileSystems`,
+so every filesystem Beam knows works, and each element is keyed by its URI
+from here to the output.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.utils import retry
+
+from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
+                               ImageError, error_record)
+
+_LOGGER = logging.getLogger(__name__)
+
+_MANIFEST_HEADERS = frozenset({"uri", "url", "path", "file", "filename"})
+
+
+class ImageBytes(NamedTuple):
+    """The raw content of one input file."""
+    uri: str
+    data: bytes
+
+
+def parse_manifest_line(line: str) -> Optional[str]:
+    """Return the URI on one manifest line, or None for blanks/comments/header.
+
+    A manifest is plain text (one URI per line) or CSV whose first column is
+    the URI; a header whose first field is e.g. "uri" or "path" is skipped.
+    """
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    first = next(csv.reader([line]), [""])[0].strip()
+    if not first or first.lower() in _MANIFEST_HEADERS:
+        return None
+    return first
+
+
+def uri_scheme(uri: str) -> str:
+    """The filesystem scheme of a URI ("gs", "s3", ...); "file" for paths."""
+    head, sep, _ = uri.partition("://")
+    return head.lower() if sep and head.isalnum() else "file"
+
+
+def check_uri_allowed(uri: str, allowed_schemes: Sequence[str]) -> None:
+    """Refuse URIs outside the filesystems the job was configured for.
+
+    Manifests are untrusted input: without this a manifest could point the
+    job at any path or bucket the workers can reach.
+    """
+    scheme = uri_scheme(uri)
+    if scheme not in allowed_schemes:
+        raise ImageError(
+            "UriNotAllowed",
+            f"URI scheme {scheme!r} is not allowed for this job "
+            f"(allowed: {', '.join(sorted(allowed_schemes))})")
+
+
+_PERMANENT_HTTP_CODES = frozenset({400, 401, 403, 404, 410, 412})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Retry storage hiccups, not answers that will never change."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError,
+                        ImageError)):
+        return False
+    # google.api_core / apitools errors carry the HTTP status in `code`.
+    return getattr(exc, "code", None) not in _PERMANENT_HTTP_CODES
+
+
+@retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5,
+                                retry_filter=_is_transient)
+def read_file_bytes(uri: str, max_bytes: int) -> bytes:
+    """Read a whole file via Beam's FileSystems, refusing files over max_bytes.
+
+    At most max_bytes + 1 bytes are read, so an oversized file never sits in
+    memory whatever its metadata says. Transient storage errors are retried
+    with exponential backoff; the last error is raised.
+    """
+    # UNCOMPRESSED: an image named *.gz must not be inflated on the way in.
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED
+                          ) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError("FileTooLarge",
+                         f"file is larger than the limit of {max_bytes} bytes")
+    return data
+
+
+class ReadImageBytes(beam.DoFn):
+    """FileMetadata or URI string → ImageBytes, or an ErrorRecord (stage read).
+
+    Emits ImageBytes on the main output and ErrorRecords on ERRORS_TAG.
+    """
+
+    def __init__(self, max_bytes: int, allowed_schemes: Sequence[str]):
+        self._max_bytes = max_bytes
+        self._allowed_schemes = tuple(allowed_schemes)
+        self._images_read = Metrics.counter(METRICS_NAMESPACE, "images_read")
+        self._bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+
+    def process(self, element: Union[FileMetadata, str]
+                ) -> Iterator[Union[ImageBytes, beam.pvalue.TaggedOutput]]:
+        if isinstance(element, FileMetadata):
+            uri, size = element.path, element.size_in_bytes
+        else:
+            uri, size = element, None
+        try:
+            check_uri_allowed(uri, self._allowed_schemes)
+            if size is not None and size > self._max_bytes:
+                raise ImageError(
+                    "FileTooLarge", f"file is {size} bytes, over the limit "
+                    f"of {self._max_bytes} bytes")
+            data = read_file_bytes(uri, self._max_bytes)
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOGGER.debug("read failed for %s", uri, exc_info=True)
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG,
+                                           error_record(uri, STAGE_READ, exc))
+            return
+        self._images_read.inc()
+        self._bytes_read.inc(len(data))
+        yield ImageBytes(uri, data)
+
+
+class ReadImages(beam.PTransform):
+    """Read every input image's bytes, keyed by URI.
+
+    Exactly one of `file_pattern` (a glob on any Beam filesystem) or
+    `manifest` (a text/CSV file of URIs, itself on any Beam filesystem) is
+    given. Returns a dict of PCollections: "images" (ImageBytes) and
+    ERRORS_TAG (ErrorRecord).
+
+    Matched files are reshuffled so that reading and everything fused after
+    it spreads over all workers (the match itself is a single element);
+    manifest URIs are de-duplicated, which also redistributes them.
+    """
+
+    def __init__(self, file_pattern: Optional[str] = None,
+                 manifest: Optional[str] = None, *,
+                 max_bytes: int, allowed_schemes: Iterable[str]):
+        super().__init__()
+        if (file_pattern is None) == (manifest is None):
+            raise ValueError("give exactly one of file_pattern or manifest")
+        self._file_pattern = file_pattern
+        self._manifest = manifest
+        self._max_bytes = max_bytes
+        self._allowed_schemes = tuple(allowed_schemes)
+
+    def expand(self, pbegin):
+        if self._file_pattern is not None:
+            files = (pbegin
+                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern)
+                     | "Spread" >> beam.Reshuffle())
+        else:
+            files = (pbegin
+                     | "ReadManifest" >> beam.io.ReadFromText(self._manifest)
+                     | "ParseManifest" >> beam.FlatMap(
+                         lambda line: [u] if (u := parse_manifest_line(line))
+                         else [])
+                     | "Deduplicate" >> beam.Distinct())
+        results = files | "ReadBytes" >> beam.ParDo(
+            ReadImageBytes(self._max_bytes, self._allowed_schemes)
+        ).with_outputs(ERRORS_TAG, main="images")
+        return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
