@@ -132,31 +132,32 @@ class ImageClassifier:
         return self._fn(images)
 
 
-def _signature_tensor_names(module_dir: str, signature: str
-                            ) -> Tuple[str, str]:
+def _signature_tensor_names(loaded, signature: str) -> Tuple[str, str]:
     """(input `images` tensor name, output `default` tensor name) of a TF1
-    Hub format signature, read from the SavedModel's signature_def."""
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(module_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    for meta_graph in proto.meta_graphs:
-        if not meta_graph.meta_info_def.tags and \
-                signature in meta_graph.signature_def:
-            sig = meta_graph.signature_def[signature]
-            return sig.inputs["images"].name, sig.outputs["default"].name
-    raise ModelLoadError(f"signature {signature!r} not found")
+    Hub format signature; pruned signature graphs keep the original names."""
+    sig = loaded.signatures[signature]
+    # A signature's inputs are its feeds followed by the captured variables.
+    feeds = sig.inputs[:len(sig.inputs) - len(sig.captured_inputs)]
+    outputs = sig.structured_outputs
+    if len(feeds) != 1 or "default" not in outputs:
+        raise ModelLoadError(f"signature {signature!r} does not take one "
+                             "`images` input and give a `default` output")
+    return feeds[0].name, outputs["default"].name
 
 
-def _tf1_classifier(handle: str, module_dir: str, loaded) -> ImageClassifier:
+def _tf1_classifier(handle: str, loaded) -> ImageClassifier:
     tf, _ = _import_tf()
     images_in, logits_out = _signature_tensor_names(
-        module_dir, CLASSIFICATION_SIGNATURE)
+        loaded, CLASSIFICATION_SIGNATURE)
     features_in, features_out = _signature_tensor_names(
-        module_dir, FEATURE_VECTOR_SIGNATURE)
+        loaded, FEATURE_VECTOR_SIGNATURE)
     if images_in != features_in:
         raise ModelLoadError("the two signatures take different inputs")
-    pruned = loaded.prune(feeds=images_in, fetches=[logits_out, features_out])
+    graph = loaded.graph
+    pruned = loaded.prune(
+        feeds=[graph.get_tensor_by_name(images_in)],
+        fetches=(graph.get_tensor_by_name(logits_out),
+                 graph.get_tensor_by_name(features_out)))
 
     def run(images: np.ndarray):
         logits, features = pruned(tf.constant(images, dtype=tf.float32))
@@ -225,7 +226,7 @@ def _load_uncached(handle: str, embedding_handle: Optional[str],
         if embedding_handle:
             _LOGGER.warning("module %s has its own feature vector; ignoring "
                             "embedding module %s", handle, embedding_handle)
-        return _tf1_classifier(handle, module_dir, loaded)
+        return _tf1_classifier(handle, loaded)
     embedding_loaded = None
     if embedding_handle:
         embedding_loaded = hub.load(resolve_handle(embedding_handle,

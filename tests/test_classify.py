@@ -1,0 +1,133 @@
+"""Classify step: one forward pass equals the module's own signatures, for
+both stand-in formats; softmax/top-k; the handler's contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import LABELS_FILE, photo_paths
+from transforms import model as model_lib
+from transforms.classify import (Classification, HubClassifierHandler,
+                                 classify_batch, softmax, top_k)
+from transforms.decode import DecodedImage, DecodeSettings, decode_image
+
+SETTINGS = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
+
+
+@pytest.fixture(scope="module")
+def photo_batch() -> np.ndarray:
+    paths = photo_paths()[:12]
+    return np.stack([decode_image(open(p, "rb").read(), SETTINGS)[0]
+                     for p in paths])
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return LABELS_FILE.read_text().splitlines()
+
+
+def test_softmax_and_top_k():
+    logits = np.array([[1.0, 3.0, 2.0, 3.0], [1000.0, 0.0, -1000.0, 999.0]],
+                      np.float32)
+    probs = softmax(logits)
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert np.isfinite(probs).all()  # no overflow at ±1000
+    indices, values = top_k(probs, 3)
+    assert indices.tolist() == [[1, 3, 2], [0, 3, 1]]  # ties: lower index
+    assert np.all(np.diff(values, axis=1) <= 0)
+    assert top_k(probs, 10)[0].shape == (2, 4)
+
+
+def test_tf1_single_pass_equals_both_signatures(standin_tf1, photo_batch):
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    classifier, _ = model_lib.load_classifier(standin_tf1)
+    assert classifier.kind == "tf1-hub"
+    assert (classifier.num_classes, classifier.embedding_dim) == (1001, 1280)
+    logits, embedding = classifier(photo_batch)
+    module = hub.load(standin_tf1)
+    images = tf.constant(photo_batch)
+    direct_logits = module.signatures["image_classification"](
+        images=images)["default"].numpy()
+    direct_features = module.signatures["image_feature_vector"](
+        images=images)["default"].numpy()
+    assert np.abs(logits - direct_logits).max() <= 1e-5
+    assert np.abs(embedding - direct_features).max() <= 1e-5
+    assert np.abs(softmax(logits) - softmax(direct_logits)).max() <= 1e-5
+    # Different photos really give different outputs (not a constant).
+    assert np.abs(embedding[0] - embedding[1]).max() > 1e-3
+
+
+def test_tf2_module_with_embedding_module(standin_dirs, photo_batch):
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    classifier, _ = model_lib.load_classifier(
+        standin_dirs["tf2"], standin_dirs["tf2-feature-vector"])
+    assert classifier.kind == "tf2"
+    logits, embedding = classifier(photo_batch)
+    images = tf.constant(photo_batch)
+    direct_logits = hub.load(standin_dirs["tf2"])(images).numpy()
+    direct_features = hub.load(standin_dirs["tf2-feature-vector"])(
+        images).numpy()
+    assert np.abs(logits - direct_logits).max() <= 1e-5
+    assert np.abs(embedding - direct_features).max() <= 1e-5
+    # Same seed, same weights: the TF2 stand-in agrees with the TF1 one.
+    tf1_logits, _ = model_lib.load_classifier(
+        standin_dirs["tf1"])[0](photo_batch)
+    assert np.abs(tf1_logits - logits).max() <= 1e-3
+
+
+def test_tf2_module_alone_has_no_embedding(standin_dirs, photo_batch):
+    classifier, _ = model_lib.load_classifier(standin_dirs["tf2"])
+    logits, embedding = classifier(photo_batch)
+    assert logits.shape == (12, 1001) and embedding is None
+
+
+def test_module_is_loaded_once_per_process(standin_tf1):
+    first, _ = model_lib.load_classifier(standin_tf1)
+    again, loaded_now = model_lib.load_classifier(standin_tf1)
+    assert again is first and not loaded_now
+
+
+def test_classify_batch_rows(standin_tf1, photo_batch, labels):
+    classifier, _ = model_lib.load_classifier(standin_tf1)
+    results = classify_batch(classifier, photo_batch,
+                             np.asarray(labels, dtype=object), 5)
+    logits, embedding = classifier(photo_batch)
+    probs = softmax(logits)
+    for i, result in enumerate(results):
+        assert isinstance(result, Classification)
+        best = int(np.argmax(probs[i]))
+        assert result.top_k_indices[0] == best
+        assert result.top_k_labels[0] == labels[best]
+        assert abs(result.top_k_scores[0] - probs[i, best]) <= 1e-6
+        assert len(result.top_k_indices) == 5
+        assert np.array_equal(result.embedding, embedding[i])
+
+
+def test_handler_runs_a_batch_and_checks_labels(standin_tf1, photo_batch,
+                                                labels):
+    handler = HubClassifierHandler(standin_tf1, labels, top_k=3,
+                                   min_batch_size=2, max_batch_size=8)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2,
+                                               "max_batch_size": 8}
+    model = handler.load_model()
+    batch = [DecodedImage(f"uri{i}", photo_batch[i], 500, 375, "JPEG")
+             for i in range(4)]
+    results = list(handler.run_inference(batch, model))
+    assert [r.example.uri for r in results] == ["uri0", "uri1", "uri2",
+                                                "uri3"]
+    assert all(len(r.inference.top_k_labels) == 3 for r in results)
+    assert handler.get_num_bytes(batch) == 4 * 96 * 96 * 3 * 4
+    wrong = HubClassifierHandler(standin_tf1, labels[:1000])
+    with pytest.raises(ValueError, match="1001 classes"):
+        wrong.load_model()
+
+
+def test_unreadable_handles_raise_clear_errors(tmp_path):
+    with pytest.raises(model_lib.ModelLoadError, match="not found"):
+        model_lib.load_classifier(str(tmp_path / "missing"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "saved_model.pb").write_bytes(b"not a proto")
+    with pytest.raises(model_lib.ModelLoadError, match="cannot load"):
+        model_lib.load_classifier(str(tmp_path / "junk"))
