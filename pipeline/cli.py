@@ -138,9 +138,19 @@ def _create_standin_if_missing(model: str) -> None:
     standin.build_standin(model, "tf1")
 
 
+SUBCOMMANDS = {
+    "evaluate": "pipeline.evaluate",  # accuracy of a module on labeled images
+    "report": "pipeline.report",      # HTML report of an output directory
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in SUBCOMMANDS:
+            import importlib  # pylint: disable=import-outside-toplevel
+            _configure_logging("--verbose" in argv)
+            return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
         return run(argv)
     except KeyboardInterrupt:
         _LOGGER.error("interrupted")
