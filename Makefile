@@ -1,0 +1,32 @@
+# One command each, from a fresh clone (needs python3 >= 3.10 with venv):
+#   make demo   set up, then label the 150 sample photos with the stand-in module
+#   make test   set up, then run the test suite (what CI runs: .ci/run)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test system-deps clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Headless Chromium renders the HTML report in its test (Debian packages).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "install the Debian packages chromium and chromium-driver for the report test"; fi; }
+
+demo: install
+	$(BIN)/python -m pipeline --config configs/demo.yaml
+
+test: install system-deps
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .cache demo-out test-artifacts *.egg-info
