@@ -31,8 +31,9 @@ def _configure_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
         # Local worker processes forward their logs here at WARNING, mostly
         # noise about options and platform features; real failures are ERROR.
-        logging.getLogger("apache_beam.runners.portability.fn_api_runner"
-                          ).setLevel(logging.ERROR)
+        for name in ("apache_beam.runners.portability.fn_api_runner",
+                     "apache_beam.runners.portability.local_job_service"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _standin_banner(model: str) -> None:
