@@ -13,6 +13,7 @@ REQUIRED = [
     "pyarrow>=17",
     "google-cloud-storage>=2.16",
     "pillow>=11",
+    "ai-edge-litert>=1.2",  # TFLite interpreter for --backend xnnpack, without importing TF
     "simplejpeg>=1.8",  # JPEG decoding bit-identical to tf.io.decode_jpeg (see transforms/decode.py)
     "pyyaml>=6",
     "numpy>=1.26",

@@ -11,14 +11,19 @@ import os
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+import numpy as np
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.job import decode_settings
+from transforms.classify import BackendParity, backend_parity
+from transforms.decode import decode_image
 from transforms.model import (ImageClassifier, ModelLoadError, is_url,
                               load_classifier, resolve_handle)
-from transforms.read import parse_manifest_line
+from transforms.read import parse_manifest_line, read_file_bytes
 from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
 from transforms.write import output_path
 
@@ -32,6 +37,9 @@ class LaunchError(Exception):
     """The job cannot start; the message says why and what to do."""
 
 
+PARITY_SAMPLE = 64  # inputs the backend parity gate compares
+
+
 @dataclass
 class LaunchFacts:
     """What the checks learned, for building and summarising the job."""
@@ -39,6 +47,7 @@ class LaunchFacts:
     labels: List[str]
     classifier: ImageClassifier
     is_standin: bool
+    parity: Optional[BackendParity] = None
 
 
 def _read_bytes(location: str) -> bytes:
@@ -63,8 +72,10 @@ def load_labels(location: str) -> List[str]:
     return labels
 
 
-def count_inputs(file_pattern: Optional[str], manifest: Optional[str]) -> int:
-    """Number of input files; an empty match or manifest is an error."""
+def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
+                ) -> Tuple[int, List[str]]:
+    """(number of input files, the first few URIs); an empty match or
+    manifest is an error."""
     if file_pattern:
         try:
             matched = FileSystems.match([file_pattern])[0].metadata_list
@@ -73,17 +84,54 @@ def count_inputs(file_pattern: Optional[str], manifest: Optional[str]) -> int:
                               f"{_one_line(exc)}") from exc
         if not matched:
             raise LaunchError(f"--input {file_pattern} matches no files")
-        return len(matched)
+        return len(matched), [m.path for m in matched[:PARITY_SAMPLE]]
     try:
         text = _read_bytes(manifest).decode("utf-8", errors="replace")
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"cannot read --input_manifest {manifest}: "
                           f"{_one_line(exc)}") from exc
-    uris = {uri for line in text.splitlines()
-            if (uri := parse_manifest_line(line))}
+    uris = list(dict.fromkeys(uri for line in text.splitlines()
+                              if (uri := parse_manifest_line(line))))
     if not uris:
         raise LaunchError(f"--input_manifest {manifest} lists no URIs")
-    return len(uris)
+    return len(uris), uris[:PARITY_SAMPLE]
+
+
+def check_backend(args, reference: ImageClassifier, sample: List[str]
+                  ) -> Optional[BackendParity]:
+    """Parity gate for a non-default backend, on the job's own first images:
+    top-1 agreement with TF ≥ 99.5% and max |Δ probability| ≤ 1e-3."""
+    if args.backend == "tf":
+        return None
+    settings = decode_settings(args)
+    pixels = []
+    for uri in sample:
+        try:
+            pixels.append(decode_image(read_file_bytes(
+                uri, args.max_file_bytes), settings)[0])
+        except Exception:  # pylint: disable=broad-except
+            continue  # a broken input is the job's business, not the gate's
+    if not pixels:
+        raise LaunchError(f"cannot check the {args.backend} backend: none "
+                          f"of the first {len(sample)} inputs decodes")
+    try:
+        candidate, _ = load_classifier(args.model, args.embedding_model,
+                                       args.model_cache_dir, args.backend)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise LaunchError(f"cannot build the {args.backend} backend: "
+                          f"{_one_line(exc)}; use --backend tf") from exc
+    parity = backend_parity(reference, candidate, np.stack(pixels))
+    _LOGGER.info(
+        "backend %s vs tf on %d images: top-1 agreement %.2f%%, max |Δp| "
+        "%.2e, max |Δembedding| %.2e", args.backend, parity.images,
+        100 * parity.top1_agreement, parity.max_prob_delta,
+        parity.max_embedding_delta)
+    if not parity.passes():
+        raise LaunchError(
+            f"backend {args.backend} fails the parity gate against tf "
+            f"(top-1 agreement {100 * parity.top1_agreement:.1f}% < 99.5% or "
+            f"max |Δp| {parity.max_prob_delta:.1e} > 1e-3); use --backend tf")
+    return parity
 
 
 def check_output(output: str, overwrite: bool) -> None:
@@ -148,13 +196,14 @@ def is_standin(handle: str, cache_dir: Optional[str]) -> bool:
 
 def run_checks(args) -> LaunchFacts:
     """All launch checks, cheapest first."""
-    total = count_inputs(args.input, args.input_manifest)
+    total, sample = list_inputs(args.input, args.input_manifest)
     check_output(args.output, args.overwrite)
     labels = load_labels(args.labels)
     classifier = check_model(args.model, args.embedding_model, labels,
                              args.model_cache_dir)
+    parity = check_backend(args, classifier, sample)
     standin = is_standin(args.model, args.model_cache_dir)
-    return LaunchFacts(total, labels, classifier, standin)
+    return LaunchFacts(total, labels, classifier, standin, parity)
 
 
 def _one_line(exc: BaseException) -> str:

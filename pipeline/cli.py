@@ -34,6 +34,11 @@ def _configure_logging(verbose: bool) -> None:
         for name in ("apache_beam.runners.portability.fn_api_runner",
                      "apache_beam.runners.portability.local_job_service"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    # Beam's RunInference logs this on the root logger for every model load
+    # when an optional import fails; it is not about this job.
+    logging.getLogger().handlers[0].addFilter(
+        lambda record: not str(record.msg).startswith(
+            "Resource module is not available"))
 
 
 def _standin_banner(model: str) -> None:
@@ -73,8 +78,8 @@ def summary_lines(total_inputs: int, counters: Dict[str, int],
         f"errors        {errors}" + (f" ({by_stage})" if by_stage else ""),
         f"wall time     {wall_s:.1f} s",
         f"images/s      {total_inputs / wall_s:.1f}" if wall_s > 0 else "",
-        f"module loads  {counters.get('module_loads', 0)} (in worker "
-        "processes; 0 means reused from the launch check)",
+        f"module loads  {counters.get('module_loads', 0)} (one per worker "
+        "process holding the module)",
         f"output        {output}",
     ]
 

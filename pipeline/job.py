@@ -30,6 +30,13 @@ def input_schemes(args: argparse.Namespace) -> Sequence[str]:
     return [uri_scheme(args.input or args.input_manifest)]
 
 
+def decode_settings(args: argparse.Namespace) -> DecodeSettings:
+    return DecodeSettings(
+        max_pixels=args.max_pixels,
+        allowed_formats=allowed_formats(args.allowed_formats.split(",")),
+        fast_jpeg=args.fast_jpeg)
+
+
 def build(pipeline: beam.Pipeline, args: argparse.Namespace,
           labels: Sequence[str]) -> None:
     """Add the labeling transforms to `pipeline`."""
@@ -37,19 +44,16 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
         args.input, args.input_manifest, max_bytes=args.max_file_bytes,
         allowed_schemes=input_schemes(args))
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
-        DecodeSettings(max_pixels=args.max_pixels,
-                       allowed_formats=allowed_formats(
-                           args.allowed_formats.split(",")),
-                       fast_jpeg=args.fast_jpeg))
+        decode_settings(args), args.decode_threads)
     handler = HubClassifierHandler(
         args.model, labels, top_k=args.top_k,
         embedding_model=args.embedding_model,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
-        model_cache_dir=args.model_cache_dir)
+        model_cache_dir=args.model_cache_dir, backend=args.backend)
     classified = decoded["images"] | "Classify" >> Classify(handler)
     _ = (classified["results"]
-         | "ToLabelRows" >> ToLabelRows()
+         | "ToLabelRows" >> ToLabelRows(args.backend)
          | "WriteLabels" >> WriteLabels(args.output))
     _ = ((images[ERRORS_TAG], decoded[ERRORS_TAG], classified[ERRORS_TAG])
          | "AllErrors" >> beam.Flatten()

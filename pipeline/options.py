@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_batch_size", type=_positive_int, default=64,
         help="largest batch BatchElements forms")
     model_group.add_argument(
+        "--backend", choices=("tf", "xnnpack"), default="tf",
+        help="inference backend: tf (TensorFlow) or xnnpack (the module "
+        "converted to TFLite with XNNPACK, ~3-4x faster on CPU; must pass "
+        "a parity gate against tf at launch)")
+    model_group.add_argument(
         "--model_cache_dir", default=None,
         help="local directory for copies of gs:// modules "
         "(default: <tmp>/image-labeler-modules)")
@@ -114,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode_group.add_argument(
         "--allowed_formats", default=DEFAULT_FORMATS,
         help="comma-separated image formats the decoder may parse")
+    decode_group.add_argument(
+        "--decode_threads", type=_positive_int, default=2,
+        help="decoding threads per worker process (they overlap with "
+        "inference; decoding releases the GIL)")
     decode_group.add_argument(
         "--fast_jpeg", action="store_true",
         help="decode JPEGs at reduced size (DCT scaling): faster, not "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from typing import (Any, Dict, Iterable, NamedTuple, Optional, Sequence,
                     Tuple)
 
@@ -80,6 +81,38 @@ def classify_batch(classifier: ImageClassifier, pixels: np.ndarray,
     ]
 
 
+class BackendParity(NamedTuple):
+    """How far a candidate backend is from the TF reference on some images."""
+    images: int
+    top1_agreement: float      # fraction of images with the same top-1
+    max_prob_delta: float      # max |Δ softmax probability|
+    max_embedding_delta: float  # max |Δ embedding| (0 without embeddings)
+
+    def passes(self, min_agreement: float = 0.995,
+               max_prob_delta: float = 1e-3) -> bool:
+        return (self.top1_agreement >= min_agreement and
+                self.max_prob_delta <= max_prob_delta)
+
+
+def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
+                   pixels: np.ndarray, batch_size: int = 64) -> BackendParity:
+    """Compare two backends' outputs on the same preprocessed images."""
+    agree, prob_delta, embedding_delta = 0, 0.0, 0.0
+    for start in range(0, len(pixels), batch_size):
+        batch = pixels[start:start + batch_size]
+        ref_logits, ref_embedding = reference(batch)
+        cand_logits, cand_embedding = candidate(batch)
+        ref_probs, cand_probs = softmax(ref_logits), softmax(cand_logits)
+        agree += int((ref_probs.argmax(1) == cand_probs.argmax(1)).sum())
+        prob_delta = max(prob_delta,
+                         float(np.abs(ref_probs - cand_probs).max()))
+        if ref_embedding is not None and cand_embedding is not None:
+            embedding_delta = max(embedding_delta, float(
+                np.abs(ref_embedding - cand_embedding).max()))
+    return BackendParity(len(pixels), agree / max(1, len(pixels)),
+                         prob_delta, embedding_delta)
+
+
 class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
                                         ImageClassifier]):
     """RunInference handler for the TF-Hub MobileNet V2 classifier.
@@ -91,7 +124,7 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
     def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
                  embedding_model: Optional[str] = None,
                  min_batch_size: int = 16, max_batch_size: int = 64,
-                 model_cache_dir: Optional[str] = None):
+                 model_cache_dir: Optional[str] = None, backend: str = "tf"):
         super().__init__(min_batch_size=min_batch_size,
                          max_batch_size=max_batch_size)
         self._model = model
@@ -100,15 +133,20 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
         self._label_array = np.asarray(self._labels, dtype=object)
         self._top_k = top_k
         self._model_cache_dir = model_cache_dir
+        self.backend = backend
 
     def load_model(self) -> ImageClassifier:
         """Called by RunInference through Beam's Shared: once per process."""
         classifier, loaded_now = load_classifier(
-            self._model, self._embedding_model, self._model_cache_dir)
-        if loaded_now:
-            # Loading runs in DoFn.setup, where Beam keeps no metrics; the
-            # count is reported with the first batch.
-            _UNREPORTED_LOADS.append(classifier.handle)
+            self._model, self._embedding_model, self._model_cache_dir,
+            self.backend)
+        _LOGGER.info("module %s %s in process %d (%s backend)", self._model,
+                     "loaded" if loaded_now else "reused from the launch "
+                     "check", os.getpid(), self.backend)
+        # Counted per process holding a copy (a local run's launch check and
+        # its in-process runner share one). Loading runs in DoFn.setup,
+        # where Beam keeps no metrics: the first batch reports it.
+        _UNREPORTED_LOADS.append(classifier.handle)
         if classifier.num_classes != len(self._labels):
             raise ValueError(
                 f"module has {classifier.num_classes} classes but the label "

@@ -43,19 +43,20 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence, Tuple, Union
+from typing import List, NamedTuple, Sequence, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
 import simplejpeg
-from apache_beam.metrics import Metrics
 from PIL import Image
 
-from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_DECODE,
-                               ImageError, error_record)
+from transforms.errors import (ERRORS_TAG, STAGE_DECODE, ImageError,
+                               error_record)
 from transforms.read import ImageBytes
+from transforms.threaded import ThreadedDoFn
 
 #: The module's input contract (model card): 96×96 RGB, central crop 87.5%.
 IMAGE_SIZE = 96
@@ -68,6 +69,29 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 _ORIENTATION_TAG = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_pixel_limit(width: int, height: int,
+                       settings: "DecodeSettings") -> None:
+    if width * height > settings.max_pixels:
+        raise ImageError(
+            "TooManyPixels",
+            f"{width}x{height} = {width * height} pixels exceeds the "
+            f"limit of {settings.max_pixels} (possible decompression bomb)")
+
+
+def _png_header_size(data: bytes):
+    """(width, height) from a PNG's IHDR chunk; None if `data` is no PNG.
+
+    Pillow's APNG reader allocates and fills a whole w×h RGBA frame inside
+    Image.open, before its own or our size check (a 60 KB APNG declaring
+    40000×40000 costs 6 GB and 9 s there), so PNG sizes are checked first.
+    """
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or \
+            data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,10 @@ def decode_image(data: bytes, settings: DecodeSettings,
     """
     if not data:
         raise ImageError("EmptyFile", "file is empty (0 bytes)")
+    png_size = _png_header_size(data) if "PNG" in settings.allowed_formats \
+        else None
+    if png_size:
+        _check_pixel_limit(*png_size, settings)
     # formats=: parsers outside the allow-list are never even tried (EPS/PDF
     # would hand the file to Ghostscript).
     try:
@@ -236,11 +264,7 @@ def decode_image(data: bytes, settings: DecodeSettings,
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ImageError("InvalidSize", f"image size is {width}x{height}")
-        if width * height > settings.max_pixels:
-            raise ImageError(
-                "TooManyPixels",
-                f"{width}x{height} = {width * height} pixels exceeds the "
-                f"limit of {settings.max_pixels} (possible decompression bomb)")
+        _check_pixel_limit(width, height, settings)
         image_format = image.format or "UNKNOWN"
         pixels = None
         if image_format == "JPEG" and image.mode in ("RGB", "L"):
@@ -255,7 +279,13 @@ def decode_image(data: bytes, settings: DecodeSettings,
                 image.draft("RGB", (side, side))
             image.load()
             pixels, full_scale = to_rgb_array(image)
-        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        try:
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        except Exception:  # pylint: disable=broad-except
+            # Unreadable EXIF (Pillow raises SyntaxError, ValueError,
+            # struct.error, ...): the pixels are fine; show them unrotated,
+            # as viewers do, rather than fail the image.
+            orientation = 1
     box = central_crop_box(pixels.shape[1], pixels.shape[0])
     if box[2] <= 0 or box[3] <= 0:
         raise ImageError("InvalidSize", f"image size is {width}x{height}")
@@ -273,45 +303,45 @@ def decode_image(data: bytes, settings: DecodeSettings,
 # Beam
 # ---------------------------------------------------------------------------
 
-class DecodeImages(beam.DoFn):
+class DecodeImages(ThreadedDoFn):
     """ImageBytes → DecodedImage, or an ErrorRecord (stage "decode") on
-    ERRORS_TAG. Pillow releases the GIL while decoding, so several threads
-    of one worker decode in parallel."""
+    ERRORS_TAG. Decoding runs on `threads` threads: libjpeg-turbo and Pillow
+    release the GIL, so they decode while the bundle thread classifies."""
 
-    def __init__(self, settings: DecodeSettings):
+    def __init__(self, settings: DecodeSettings, threads: int = 1):
+        super().__init__(threads)
         self._settings = settings
-        self._decoded = Metrics.counter(METRICS_NAMESPACE, "images_decoded")
 
     def setup(self):
+        super().setup()
         # Pillow logs some decoder failures at ERROR; each one is recorded
         # as an error row already, so the log line is only noise.
         logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
-    def process(self, element: ImageBytes
-                ) -> Iterator[Union[DecodedImage, beam.pvalue.TaggedOutput]]:
+    def work(self, element: ImageBytes
+             ) -> List[Union[DecodedImage, beam.pvalue.TaggedOutput]]:
         try:
             pixels, width, height, fmt = decode_image(element.data,
                                                       self._settings)
         except Exception as exc:  # pylint: disable=broad-except
             # Any exception here is about this one file: record it, go on.
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, error_record(element.uri, STAGE_DECODE, exc))
-            return
-        self._decoded.inc()
-        yield DecodedImage(element.uri, pixels, width, height, fmt)
+            return [beam.pvalue.TaggedOutput(
+                ERRORS_TAG, error_record(element.uri, STAGE_DECODE, exc))]
+        return [DecodedImage(element.uri, pixels, width, height, fmt)]
 
 
 class DecodeAndPreprocess(beam.PTransform):
     """PCollection[ImageBytes] → {"images": DecodedImage, ERRORS_TAG: ErrorRecord}."""
 
-    def __init__(self, settings: DecodeSettings):
+    def __init__(self, settings: DecodeSettings, threads: int = 1):
         super().__init__()
         self._settings = settings
+        self._threads = threads
 
     def expand(self, images):
         results = images | "Decode" >> beam.ParDo(
-            DecodeImages(self._settings)).with_outputs(ERRORS_TAG,
-                                                       main="images")
+            DecodeImages(self._settings, self._threads)).with_outputs(
+                ERRORS_TAG, main="images")
         return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from apache_beam.metrics import Metrics
-
 #: Name of the tagged output that carries ErrorRecords in every step.
 ERRORS_TAG = "errors"
 
@@ -46,12 +44,12 @@ class ImageError(Exception):
 def error_record(uri: str, stage: str, exc: BaseException) -> ErrorRecord:
     """Turn an exception raised while handling `uri` into an ErrorRecord.
 
-    Also counts it in the Beam counter `images_failed_<stage>`.
+    Safe on any thread: it touches no Beam metrics (errors are counted
+    where they are written, see transforms/write.py).
     """
     error_type = getattr(exc, "error_type", None) or type(exc).__name__
     message = " ".join(str(exc).split()) or error_type  # one line, never empty
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS - 3] + "..."
-    Metrics.counter(METRICS_NAMESPACE, f"images_failed_{stage}").inc()
     return ErrorRecord(uri=uri, stage=stage, error_type=error_type,
                        message=message)

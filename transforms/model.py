@@ -21,6 +21,7 @@ Formats:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,8 +37,10 @@ IMAGE_SHAPE = (96, 96, 3)
 CLASSIFICATION_SIGNATURE = "image_classification"
 FEATURE_VECTOR_SIGNATURE = "image_feature_vector"
 
-_LOADED: Dict[Tuple[str, Optional[str]], "ImageClassifier"] = {}
-_LOAD_LOCK = threading.Lock()
+BACKENDS = ("tf", "xnnpack")
+
+_LOADED: Dict[Tuple[str, Optional[str], str], "ImageClassifier"] = {}
+_LOAD_LOCK = threading.RLock()  # re-entrant: xnnpack loads the TF module
 
 
 class ModelLoadError(Exception):
@@ -117,15 +120,23 @@ def resolve_handle(handle: str, cache_dir: Optional[str] = None) -> str:
 
 class ImageClassifier:
     """One forward pass: images [B, 96, 96, 3] in [0, 1] → (logits [B, C],
-    embeddings [B, D] or None)."""
+    embeddings [B, D] or None).
+
+    `concrete_fn` is the TF function behind a "tf" backend classifier
+    (images → tuple of outputs); other backends are converted from it.
+    """
 
     def __init__(self, handle: str, fn: Callable, num_classes: int,
-                 embedding_dim: Optional[int], kind: str):
+                 embedding_dim: Optional[int], kind: str,
+                 backend: str = "tf", concrete_fn=None, trackables=()):
         self.handle = handle
         self._fn = fn
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
         self.kind = kind  # "tf1-hub" or "tf2"
+        self.backend = backend
+        self.concrete_fn = concrete_fn
+        self.trackables = trackables  # keep the loaded modules alive
 
     def __call__(self, images: np.ndarray
                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -145,8 +156,8 @@ def _signature_tensor_names(loaded, signature: str) -> Tuple[str, str]:
     return feeds[0].name, outputs["default"].name
 
 
-def _tf1_classifier(handle: str, loaded) -> ImageClassifier:
-    tf, _ = _import_tf()
+def _tf1_concrete_fn(loaded):
+    """The TF1 Hub module's two signatures, pruned into one function."""
     images_in, logits_out = _signature_tensor_names(
         loaded, CLASSIFICATION_SIGNATURE)
     features_in, features_out = _signature_tensor_names(
@@ -154,15 +165,10 @@ def _tf1_classifier(handle: str, loaded) -> ImageClassifier:
     if images_in != features_in:
         raise ModelLoadError("the two signatures take different inputs")
     graph = loaded.graph
-    pruned = loaded.prune(
+    return loaded.prune(
         feeds=[graph.get_tensor_by_name(images_in)],
         fetches=(graph.get_tensor_by_name(logits_out),
                  graph.get_tensor_by_name(features_out)))
-
-    def run(images: np.ndarray):
-        logits, features = pruned(tf.constant(images, dtype=tf.float32))
-        return logits.numpy(), features.numpy()
-    return _probe(handle, run, "tf1-hub")
 
 
 def _tf2_callable(loaded) -> Callable:
@@ -182,20 +188,35 @@ def _tf2_callable(loaded) -> Callable:
     return call
 
 
-def _tf2_classifier(handle: str, loaded, embedding_loaded
-                    ) -> ImageClassifier:
+def _tf2_concrete_fn(loaded, embedding_loaded):
+    """A TF2 classifier (+ optional feature-vector module) as one function."""
     tf, _ = _import_tf()
     classify = _tf2_callable(loaded)
     embed = _tf2_callable(embedding_loaded) if embedding_loaded else None
 
+    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE],
+                                                tf.float32)])
+    def both(images):
+        if embed is None:
+            return (classify(images),)
+        return classify(images), embed(images)
+    return both.get_concrete_function()
+
+
+def _tf_classifier(handle: str, concrete_fn, kind: str, trackables
+                   ) -> ImageClassifier:
+    tf, _ = _import_tf()
+
     def run(images: np.ndarray):
-        batch = tf.constant(images, dtype=tf.float32)
-        logits = classify(batch).numpy()
-        return logits, (embed(batch).numpy() if embed else None)
-    return _probe(handle, run, "tf2")
+        outputs = concrete_fn(tf.constant(images, dtype=tf.float32))
+        logits = outputs[0].numpy()
+        return logits, (outputs[1].numpy() if len(outputs) > 1 else None)
+    return _probe(handle, run, kind, concrete_fn=concrete_fn,
+                  trackables=trackables)
 
 
-def _probe(handle: str, run: Callable, kind: str) -> ImageClassifier:
+def _probe(handle: str, run: Callable, kind: str, **extra
+           ) -> ImageClassifier:
     """Run one blank image to learn and check the output shapes."""
     logits, features = run(np.zeros((1,) + IMAGE_SHAPE, np.float32))
     if logits.ndim != 2 or logits.shape[0] != 1:
@@ -207,7 +228,7 @@ def _probe(handle: str, run: Callable, kind: str) -> ImageClassifier:
                              "expected [batch, dims]")
     return ImageClassifier(handle, run, int(logits.shape[1]),
                            None if features is None else int(features.shape[1]),
-                           kind)
+                           kind, **extra)
 
 
 def _load_uncached(handle: str, embedding_handle: Optional[str],
@@ -226,7 +247,8 @@ def _load_uncached(handle: str, embedding_handle: Optional[str],
         if embedding_handle:
             _LOGGER.warning("module %s has its own feature vector; ignoring "
                             "embedding module %s", handle, embedding_handle)
-        return _tf1_classifier(handle, loaded)
+        return _tf_classifier(handle, _tf1_concrete_fn(loaded), "tf1-hub",
+                              (loaded,))
     embedding_loaded = None
     if embedding_handle:
         embedding_loaded = hub.load(resolve_handle(embedding_handle,
@@ -234,21 +256,132 @@ def _load_uncached(handle: str, embedding_handle: Optional[str],
     else:
         _LOGGER.warning("module %s gives logits only and no embedding module "
                         "was given: the embedding column will be null", handle)
-    return _tf2_classifier(handle, loaded, embedding_loaded)
+    return _tf_classifier(handle, _tf2_concrete_fn(loaded, embedding_loaded),
+                          "tf2", (loaded, embedding_loaded))
+
+
+class _TfliteRunner:
+    """A TFLite interpreter (XNNPACK delegate) as a batch function.
+
+    Interpreters are not thread-safe; calls are serialised with a lock (the
+    interpreter itself runs on `threads` threads)."""
+
+    def __init__(self, model_path: str, threads: int):
+        try:  # LiteRT: the interpreter without importing all of TF
+            from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            tf, _ = _import_tf()
+            Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
+        self._interpreter = Interpreter(model_path=model_path,
+                                        num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        # Outputs are named "...:0" (logits), "...:1" (embedding), in the
+        # order of the converted function's results.
+        details = sorted(self._interpreter.get_output_details(),
+                         key=lambda d: int(d["name"].rsplit(":", 1)[-1])
+                         if ":" in d["name"] else 0)
+        self._outputs = [d["index"] for d in details]
+        self._batch = None
+        self._lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray):
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        with self._lock:
+            if images.shape[0] != self._batch:
+                self._interpreter.resize_tensor_input(self._input,
+                                                      list(images.shape))
+                self._interpreter.allocate_tensors()
+                self._batch = images.shape[0]
+            self._interpreter.set_tensor(self._input, images)
+            self._interpreter.invoke()
+            outputs = [self._interpreter.get_tensor(i).copy()
+                       for i in self._outputs]
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+def module_fingerprint(*module_dirs: Optional[str]) -> str:
+    """Content hash of module directories (names and bytes of every file)."""
+    digest = hashlib.sha256()
+    for module_dir in module_dirs:
+        if not module_dir:
+            continue
+        for root, dirs, files in os.walk(module_dir):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, module_dir).encode())
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+    return digest.hexdigest()[:24]
+
+
+def convert_to_tflite(classifier: ImageClassifier) -> bytes:
+    """The classifier's TF function as a float32 TFLite model."""
+    tf, _ = _import_tf()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [classifier.concrete_fn], classifier.trackables[0])
+    return converter.convert()
+
+
+def _load_xnnpack(handle: str, embedding_handle: Optional[str],
+                  cache_dir: Optional[str], threads: int) -> ImageClassifier:
+    """TFLite + XNNPACK, converted from the TF module once per machine: the
+    converted model is cached by the module's content hash, so later
+    workers skip loading the module with TF altogether."""
+    module_dirs = [resolve_handle(handle, cache_dir)]
+    if embedding_handle:
+        module_dirs.append(resolve_handle(embedding_handle, cache_dir))
+    cache_dir = cache_dir or default_cache_dir()
+    os.makedirs(cache_dir, exist_ok=True)
+    base = os.path.join(cache_dir, f"xnnpack-{module_fingerprint(*module_dirs)}")
+    if not (os.path.exists(base + ".tflite") and os.path.exists(base + ".json")):
+        reference, _ = load_classifier(handle, embedding_handle, cache_dir)
+        _LOGGER.info("converting %s to TFLite for the xnnpack backend", handle)
+        _write_atomically(base + ".tflite", convert_to_tflite(reference))
+        _write_atomically(base + ".json", json.dumps(
+            {"kind": reference.kind}).encode())
+    with open(base + ".json", encoding="utf-8") as handle_json:
+        kind = json.load(handle_json)["kind"]
+    return _probe(handle, _TfliteRunner(base + ".tflite", threads), kind,
+                  backend="xnnpack")
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    partial = f"{path}.partial-{os.getpid()}-{threading.get_ident()}"
+    with open(partial, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, path)
 
 
 def load_classifier(handle: str, embedding_handle: Optional[str] = None,
-                    cache_dir: Optional[str] = None
+                    cache_dir: Optional[str] = None, backend: str = "tf",
+                    threads: Optional[int] = None
                     ) -> Tuple[ImageClassifier, bool]:
-    """Load (or reuse) the module in this process.
+    """Load (or reuse) the module in this process, for `backend`:
+    "tf" (TensorFlow, the default) or "xnnpack" (TFLite with XNNPACK).
 
     Returns (classifier, loaded_now): loaded_now is False when this process
     had already loaded it, e.g. during the launch-time checks of a local run.
     """
-    key = (handle, embedding_handle)
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; choose from "
+                             f"{', '.join(BACKENDS)}")
+    key = (handle, embedding_handle, backend)
     with _LOAD_LOCK:
         if key in _LOADED:
             return _LOADED[key], False
-        classifier = _load_uncached(handle, embedding_handle, cache_dir)
+        if backend == "xnnpack":
+            classifier = _load_xnnpack(handle, embedding_handle, cache_dir,
+                                       threads or _usable_cores())
+        else:
+            classifier = _load_uncached(handle, embedding_handle, cache_dir)
         _LOADED[key] = classifier
         return classifier, True
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

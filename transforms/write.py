@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
+from transforms.errors import METRICS_NAMESPACE, ErrorRecord
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX, error_row)
 
@@ -33,6 +35,13 @@ class WriteLabels(beam.PTransform):
             codec="snappy")
 
 
+def _counted_error_row(record: ErrorRecord) -> dict:
+    """Count an error (`images_failed_<stage>`) as it is written: the one
+    place every error passes, whichever step and thread produced it."""
+    Metrics.counter(METRICS_NAMESPACE, f"images_failed_{record.stage}").inc()
+    return error_row(record)
+
+
 class WriteErrors(beam.PTransform):
     """ErrorRecords → <output>/errors-SSSSS-of-NNNNN.parquet (written even
     when empty, so a reader can tell "no errors" from "not written")."""
@@ -43,7 +52,7 @@ class WriteErrors(beam.PTransform):
 
     def expand(self, errors):
         return (errors
-                | "ToErrorRow" >> beam.Map(error_row)
+                | "ToErrorRow" >> beam.Map(_counted_error_row)
                 | "WriteErrorsParquet" >> beam.io.WriteToParquet(
                     output_path(self._output, ERRORS_PREFIX),
                     schema=ERRORS_SCHEMA, file_name_suffix=PARQUET_SUFFIX,

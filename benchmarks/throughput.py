@@ -1,0 +1,298 @@
+"""Throughput benchmark: every figure measured side by side in one run.
+
+    python -m benchmarks.throughput [--n 5000] [--json PATH] [--backends tf,xnnpack]
+
+Makes a corpus of N images by copying ../shared/data/photos/*.JPEG under new
+names (byte-identical), then measures, each as images/s:
+  (a) decode + preprocess alone (in memory, best thread count)
+  (b) model alone (in memory, batch 64), per backend
+  (c) the ceiling 1 / (1/a + 1/b), per backend
+  (d) the full pipeline through the CLI on the corpus, wall clock including
+      start-up, per backend
+  (e) the baseline ../shared/bench/naive_beam.py on the same corpus
+and the ratios d/c and d/e; peak memory (sum of RSS over the process tree)
+for N and 4×N; module loads per worker process. This is a benchmark, not a
+test: absolute figures are noisy, the ratios are the point.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT_ROOT.parent / "shared"
+PHOTOS = sorted(glob.glob(str(SHARED / "data" / "photos" / "*.JPEG")))
+LABELS = SHARED / "data" / "imagenet-labels" / "ImageNetLabels.txt"
+BASELINE = SHARED / "bench" / "naive_beam.py"
+
+_LOGGER = logging.getLogger("benchmarks.throughput")
+
+
+def make_corpus(directory: Path, n: int) -> None:
+    """N byte-identical copies of the sample photos under new names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        source = PHOTOS[i % len(PHOTOS)]
+        shutil.copyfile(source, directory /
+                        f"img{i:07d}_{os.path.basename(source)}")
+
+
+def measure_decode(seconds: float = 6.0) -> Tuple[float, int]:
+    """(best images/s, its thread count) for decode + preprocess in memory."""
+    from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+    from transforms.decode import (DecodeSettings, allowed_formats,
+                                   decode_image)
+    settings = DecodeSettings(DEFAULT_MAX_PIXELS,
+                              allowed_formats(DEFAULT_FORMATS.split(",")))
+    data = [Path(p).read_bytes() for p in PHOTOS]
+    best = (0.0, 1)
+    for threads in (1, 2, 3):
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda d: decode_image(d, settings), data[:20]))
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 3:
+                list(pool.map(lambda d: decode_image(d, settings), data))
+                done += len(data)
+            rate = done / (time.perf_counter() - start)
+        _LOGGER.info("decode: %d thread(s) %.0f img/s", threads, rate)
+        best = max(best, (rate, threads))
+    return best
+
+
+def measure_model(model: str, backend: str, batch: int = 64,
+                  seconds: float = 6.0) -> float:
+    """Images/s of the model alone on preprocessed photos."""
+    import numpy as np
+    from transforms.decode import DecodeSettings, decode_image
+    from transforms.model import load_classifier
+    settings = DecodeSettings(10**8, ("JPEG",))
+    pixels = np.stack([decode_image(Path(p).read_bytes(), settings)[0]
+                       for p in PHOTOS[:batch]])
+    classifier, _ = load_classifier(model, backend=backend)
+    classifier(pixels)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        classifier(pixels)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+class PeakRss:
+    """Samples the summed RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> List[int]:
+        children: Dict[int, List[int]] = {}
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(
+                    int(stat.split("/")[2]))
+            except (OSError, IndexError, ValueError):
+                continue
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text() \
+                            .splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    continue
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
+
+
+def run_measured(cmd: List[str], log_path: Path) -> Tuple[float, float, str]:
+    """(wall seconds, peak tree RSS MB, combined output) of a command."""
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=PROJECT_ROOT)
+        rss = PeakRss(process.pid)
+        code = process.wait()
+        wall = time.perf_counter() - start
+        peak = rss.stop()
+    output = log_path.read_text()
+    if code != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({code}); see {log_path}:\n"
+                           f"{output[-2000:]}")
+    return wall, peak, output
+
+
+def run_pipeline(corpus: Path, out: Path, model: str, backend: str,
+                 extra: List[str], log: Path) -> Dict[str, float]:
+    cmd = [sys.executable, "-m", "pipeline", "--input", f"{corpus}/*.JPEG",
+           "--output", str(out), "--overwrite", "--model", model,
+           "--labels", str(LABELS), "--backend", backend, *extra]
+    wall, peak, output = run_measured(cmd, log)
+    labeled = int(re.search(r"labeled\s+(\d+)", output).group(1))
+    loads = int(re.search(r"module loads\s+(\d+)", output).group(1))
+    return {"wall_s": wall, "ips": labeled / wall, "rss_mb": peak,
+            "labeled": labeled, "module_loads": loads}
+
+
+def run_baseline(corpus: Path, out: Path, model: str, log: Path
+                 ) -> Dict[str, float]:
+    cmd = [sys.executable, str(BASELINE), "--input_glob",
+           f"{corpus}/*.JPEG", "--model", model, "--output", str(out)]
+    wall, peak, output = run_measured(cmd, log)
+    images = int(re.search(r"images=(\d+)", output).group(1))
+    return {"wall_s": wall, "ips": images / wall, "rss_mb": peak,
+            "reported_ips": float(re.search(r"images_per_s=([\d.]+)",
+                                            output).group(1))}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--json", help="write the figures here as JSON")
+    parser.add_argument("--backends", default="tf,xnnpack")
+    parser.add_argument("--model", help="module (default: the tf1 stand-in, "
+                        "built in the work directory)")
+    parser.add_argument("--workdir", help="default: a temporary directory")
+    parser.add_argument("--pipeline_args", default="",
+                        help="extra CLI options for the pipeline runs")
+    parser.add_argument("--skip_4n", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="labeler-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = args.model or str(workdir / "standin-tf1")
+    if not args.model and not os.path.exists(model):
+        from pipeline.standin import build_standin
+        build_standin(model, "tf1")
+    backends = [b for b in args.backends.split(",") if b]
+    extra = args.pipeline_args.split()
+
+    corpus = workdir / "corpus"
+    shutil.rmtree(corpus, ignore_errors=True)
+    make_corpus(corpus, args.n)
+    _LOGGER.info("corpus: %d images in %s", args.n, corpus)
+
+    decode_ips, decode_threads = measure_decode()
+    figures: Dict[str, object] = {"n": args.n, "decode_ips": decode_ips,
+                                  "decode_threads": decode_threads,
+                                  "cores": len(os.sched_getaffinity(0))}
+    per_backend: Dict[str, Dict[str, float]] = {}
+    for backend in backends:
+        model_ips = measure_model(model, backend)
+        ceiling = 1 / (1 / decode_ips + 1 / model_ips)
+        _LOGGER.info("model %s: %.0f img/s; ceiling %.0f", backend,
+                     model_ips, ceiling)
+        # Warm run: first conversion / page cache; not measured.
+        if backend != "tf":
+            run_pipeline(corpus, workdir / f"out-warm-{backend}", model,
+                         backend, extra + ["--input", str(corpus /
+                                                          "img000000*.JPEG")],
+                         workdir / f"warm-{backend}.log")
+        run = run_pipeline(corpus, workdir / f"out-{backend}", model, backend,
+                           extra, workdir / f"pipeline-{backend}.log")
+        per_backend[backend] = {"model_ips": model_ips, "ceiling_ips": ceiling,
+                                **{f"pipeline_{k}": v for k, v in run.items()}}
+        _LOGGER.info("pipeline %s: %.0f img/s (%.1f s), peak RSS %.0f MB",
+                     backend, run["ips"], run["wall_s"], run["rss_mb"])
+    baseline = run_baseline(corpus, workdir / "out-baseline", model,
+                            workdir / "baseline.log")
+    _LOGGER.info("baseline: %.0f img/s (%.1f s)", baseline["ips"],
+                 baseline["wall_s"])
+
+    fastest = max(per_backend, key=lambda b: per_backend[b]["pipeline_ips"])
+    best = per_backend[fastest]
+    figures.update({
+        "backend": fastest,
+        "model_ips": best["model_ips"],
+        "ceiling_ips": best["ceiling_ips"],
+        "pipeline_ips": best["pipeline_ips"],
+        "baseline_ips": baseline["ips"],
+        "ratio_ceiling": best["pipeline_ips"] / best["ceiling_ips"],
+        "ratio_baseline": best["pipeline_ips"] / baseline["ips"],
+        "rss_n_mb": best["pipeline_rss_mb"],
+        "loads_per_worker": best["pipeline_module_loads"] / _workers(extra),
+        "per_backend": per_backend,
+        "baseline": baseline,
+    })
+    if not args.skip_4n:
+        big = workdir / "corpus4n"
+        shutil.rmtree(big, ignore_errors=True)
+        make_corpus(big, 4 * args.n)
+        run4 = run_pipeline(big, workdir / "out-4n", model, fastest, extra,
+                            workdir / "pipeline-4n.log")
+        shutil.rmtree(big, ignore_errors=True)
+        figures["rss_4n_mb"] = run4["rss_mb"]
+        figures["pipeline_4n_ips"] = run4["ips"]
+    print_table(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _workers(extra: List[str]) -> int:
+    """Worker processes the pipeline runs used (in_memory: 1)."""
+    from pipeline.options import beam_options
+    from apache_beam.options.pipeline_options import DirectOptions
+    direct = beam_options(extra).view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+        return 1
+    return direct.direct_num_workers
+
+
+def print_table(f: Dict) -> None:
+    rows = [("(a) decode + preprocess", f"{f['decode_ips']:.0f} img/s "
+             f"({f['decode_threads']} threads)")]
+    for backend, b in f["per_backend"].items():
+        rows += [(f"(b) model alone, {backend}", f"{b['model_ips']:.0f} img/s"),
+                 (f"(c) ceiling, {backend}", f"{b['ceiling_ips']:.0f} img/s"),
+                 (f"(d) pipeline, {backend}",
+                  f"{b['pipeline_ips']:.0f} img/s ({b['pipeline_wall_s']:.1f} s"
+                  f" for {f['n']}, start-up included)"),
+                 (f"    d/c, {backend}",
+                  f"{b['pipeline_ips'] / b['ceiling_ips']:.2f}")]
+    rows += [("(e) baseline naive_beam.py", f"{f['baseline_ips']:.0f} img/s"),
+             (f"d/c (fastest: {f['backend']})", f"{f['ratio_ceiling']:.2f}"),
+             ("d/e", f"{f['ratio_baseline']:.2f}"),
+             ("peak RSS, N", f"{f['rss_n_mb']:.0f} MB")]
+    if "rss_4n_mb" in f:
+        rows.append(("peak RSS, 4N", f"{f['rss_4n_mb']:.0f} MB "
+                     f"({100 * (f['rss_4n_mb'] / f['rss_n_mb'] - 1):+.1f}%)"))
+    rows.append(("module loads per worker", f"{f['loads_per_worker']:.2f}"))
+    width = max(len(r[0]) for r in rows)
+    sys.stdout.write("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+                     + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
