@@ -153,20 +153,32 @@ def thumbnail_groups(labels: Sequence[Dict[str, object]], max_thumbnails: int,
     return groups
 
 
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > DEFAULT_MAX_PIXELS:
+        raise ValueError(f"{width}x{height} pixels is over the limit of "
+                         f"{DEFAULT_MAX_PIXELS}")
+
+
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> str:
     """Image bytes → `data:image/jpeg;base64,...` of at most size×size,
     upright, alpha over white. Raises on anything Pillow cannot decode, on
-    formats outside the job's default list and on over-large images."""
+    formats outside the job's default list and on images over the job's
+    default pixel limit (checked before decoding, as the job does)."""
     from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
-    from transforms.decode import allowed_formats  # pylint: disable=import-outside-toplevel
+    from transforms.decode import (_png_header_size,  # pylint: disable=import-outside-toplevel,protected-access
+                                   allowed_formats)
     formats = allowed_formats(DEFAULT_FORMATS.split(","))
-    with Image.open(io.BytesIO(data), formats=formats) as image:
-        width, height = image.size
-        if width * height > DEFAULT_MAX_PIXELS:
-            raise ValueError(f"{width}x{height} is over the pixel limit")
-        if image.format == "JPEG":
-            image.draft("RGB", (2 * size, 2 * size))  # DCT scaling: fast
-        image = ImageOps.exif_transpose(image)
+    # Pillow's APNG reader allocates a whole frame inside Image.open, so the
+    # PNG header size is checked first (as transforms.decode does).
+    _check_pixels(*(_png_header_size(data) or (0, 0)))
+    with Image.open(io.BytesIO(data), formats=formats) as opened:
+        _check_pixels(opened.width, opened.height)
+        if opened.format == "JPEG":
+            opened.draft("RGB", (2 * size, 2 * size))  # DCT scaling: fast
+        try:
+            image = ImageOps.exif_transpose(opened)
+        except Exception:  # pylint: disable=broad-except
+            image = opened  # unreadable EXIF: show it as stored
         if image.mode in ("RGBA", "LA", "PA") or \
                 "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -258,7 +270,7 @@ def _esc(value: object) -> str:
 def _csp() -> str:
     digest = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest())
     return ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-            f"script-src 'sha256-AAAA'; base-uri 'none'; "
+            f"script-src 'sha256-{digest.decode()}'; base-uri 'none'; "
             "form-action 'none'")
 
 
