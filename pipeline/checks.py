@@ -25,7 +25,8 @@ from transforms.model import (ImageClassifier, ModelLoadError, is_url,
                               load_classifier, resolve_handle)
 from transforms.read import parse_manifest_line, read_file_bytes
 from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
-from transforms.write import output_path
+from transforms.write import (INCOMPLETE_DIR, SUCCESS_FILE,
+                              finished_files_pattern, output_path)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,22 +135,30 @@ def check_backend(args, reference: ImageClassifier, sample: List[str]
     return parity
 
 
-def check_output(output: str, overwrite: bool) -> None:
-    """Refuse an output that already holds results (unless --overwrite);
-    prove it is writable by creating and deleting a probe file."""
-    existing = []
-    for prefix in (LABELS_PREFIX, ERRORS_PREFIX):
+def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
+    """Refuse an output that already holds results unless --overwrite
+    (delete them) or --resume (keep them); clear files a killed run left
+    half-written; prove the output is writable with a probe file.
+
+    Returns the number of finished result files kept (for --resume)."""
+    def matching(pattern: str) -> List[str]:
         try:
-            pattern = output_path(output, prefix) + "-*"
-            existing += FileSystems.match([pattern])[0].metadata_list
+            return [m.path for m in
+                    FileSystems.match([pattern])[0].metadata_list]
         except Exception:  # pylint: disable=broad-except
-            pass  # nothing there yet (or not listable: the probe will say)
-    if existing and not overwrite:
+            return []  # nothing there yet (or not listable: the probe says)
+    finished = [path for prefix in (LABELS_PREFIX, ERRORS_PREFIX)
+                for path in matching(finished_files_pattern(output, prefix))]
+    if finished and not (overwrite or resume):
         raise LaunchError(f"--output {output} already holds results "
-                          f"({len(existing)} files); pass --overwrite to "
-                          "replace them or choose another --output")
-    if existing:
-        FileSystems.delete([m.path for m in existing])
+                          f"({len(finished)} files); pass --resume to label "
+                          "only what is missing, --overwrite to replace them, "
+                          "or choose another --output")
+    leftovers = matching(output_path(output, INCOMPLETE_DIR) + "/*")
+    stale = leftovers + (finished if overwrite else []) + \
+        matching(output_path(output, SUCCESS_FILE))
+    if stale:
+        FileSystems.delete(stale)
     probe = FileSystems.join(output.rstrip("/"),
                              f".write-probe-{uuid.uuid4().hex}")
     try:
@@ -160,6 +169,7 @@ def check_output(output: str, overwrite: bool) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"--output {output} is not writable: "
                           f"{_one_line(exc)}") from exc
+    return 0 if overwrite else len(finished)
 
 
 def check_model(handle: str, embedding_handle: Optional[str],
@@ -197,7 +207,7 @@ def is_standin(handle: str, cache_dir: Optional[str]) -> bool:
 def run_checks(args) -> LaunchFacts:
     """All launch checks, cheapest first."""
     total, sample = list_inputs(args.input, args.input_manifest)
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, args.resume)
     labels = load_labels(args.labels)
     classifier = check_model(args.model, args.embedding_model, labels,
                              args.model_cache_dir)

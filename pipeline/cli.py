@@ -65,19 +65,23 @@ def _counters(result) -> Dict[str, int]:
 
 
 def summary_lines(total_inputs: int, counters: Dict[str, int],
-                  wall_s: float, output: str) -> List[str]:
+                  wall_s: float, labeling_s: float, output: str) -> List[str]:
     """The end-of-run summary, one fact per line."""
     labeled = counters.get("images_labeled", 0)
     failed = {name[len("images_failed_"):]: n for name, n in counters.items()
               if name.startswith("images_failed_") and n}
     errors = sum(failed.values())
     by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted(failed.items()))
+    skipped = counters.get("images_skipped_done", 0)
     return [
         f"inputs        {total_inputs}",
+        f"already done  {skipped} (kept from earlier runs)" if skipped else "",
         f"labeled       {labeled}",
         f"errors        {errors}" + (f" ({by_stage})" if by_stage else ""),
-        f"wall time     {wall_s:.1f} s",
-        f"images/s      {total_inputs / wall_s:.1f}" if wall_s > 0 else "",
+        f"wall time     {wall_s:.1f} s (launch checks {wall_s - labeling_s:.1f}"
+        f" s, labeling {labeling_s:.1f} s)",
+        f"images/s      {total_inputs / max(wall_s, 1e-9):.1f} overall, "
+        f"{total_inputs / max(labeling_s, 1e-9):.1f} while labeling",
         f"module loads  {counters.get('module_loads', 0)} (one per worker "
         "process holding the module)",
         f"output        {output}",
@@ -120,12 +124,16 @@ def run(argv: Sequence[str]) -> int:
                  f", {facts.classifier.embedding_dim}-d embedding"
                  if facts.classifier.embedding_dim else ", no embedding")
 
+    from transforms.write import new_run_id  # pylint: disable=import-outside-toplevel
+    run_id = new_run_id()
+    labeling_started = time.time()
     pipeline = beam.Pipeline(options=options)
-    job.build(pipeline, args, facts.labels)
+    job.build(pipeline, args, facts.labels, run_id)
     result = pipeline.run()
     result.wait_until_finish()
-    wall = time.time() - started
-    for line in summary_lines(facts.total_inputs, _counters(result), wall,
+    finished = time.time()
+    for line in summary_lines(facts.total_inputs, _counters(result),
+                              finished - started, finished - labeling_started,
                               args.output):
         if line:
             _LOGGER.info("%s", line)

@@ -18,7 +18,9 @@ from transforms.decode import (DecodeAndPreprocess, DecodeSettings,
 from transforms.errors import ERRORS_TAG
 from transforms.read import ReadImages, uri_scheme
 from transforms.rows import ToLabelRows
-from transforms.write import WriteErrors, WriteLabels
+from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
+from transforms.write import (FinishOutput, WriteErrors, WriteLabels,
+                              finished_files_pattern)
 
 
 def input_schemes(args: argparse.Namespace) -> Sequence[str]:
@@ -38,11 +40,14 @@ def decode_settings(args: argparse.Namespace) -> DecodeSettings:
 
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace,
-          labels: Sequence[str]) -> None:
-    """Add the labeling transforms to `pipeline`."""
+          labels: Sequence[str], run_id: str) -> None:
+    """Add the labeling transforms to `pipeline`; files are named by run_id."""
+    exclude = ([finished_files_pattern(args.output, prefix)
+                for prefix in (LABELS_PREFIX, ERRORS_PREFIX)]
+               if args.resume else [])
     images = pipeline | "ReadImages" >> ReadImages(
         args.input, args.input_manifest, max_bytes=args.max_file_bytes,
-        allowed_schemes=input_schemes(args))
+        allowed_schemes=input_schemes(args), exclude_outputs=exclude)
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         decode_settings(args), args.decode_threads)
     handler = HubClassifierHandler(
@@ -52,9 +57,18 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
         max_batch_size=args.max_batch_size,
         model_cache_dir=args.model_cache_dir, backend=args.backend)
     classified = decoded["images"] | "Classify" >> Classify(handler)
-    _ = (classified["results"]
-         | "ToLabelRows" >> ToLabelRows(args.backend)
-         | "WriteLabels" >> WriteLabels(args.output))
-    _ = ((images[ERRORS_TAG], decoded[ERRORS_TAG], classified[ERRORS_TAG])
-         | "AllErrors" >> beam.Flatten()
-         | "WriteErrors" >> WriteErrors(args.output))
+    label_files = (classified["results"]
+                   | "ToLabelRows" >> ToLabelRows(args.backend)
+                   | "WriteLabels" >> WriteLabels(args.output, run_id,
+                                                  args.rows_per_file))
+    error_files = ((images[ERRORS_TAG], decoded[ERRORS_TAG],
+                    classified[ERRORS_TAG])
+                   | "AllErrors" >> beam.Flatten()
+                   | "WriteErrors" >> WriteErrors(args.output, run_id,
+                                                  args.rows_per_file))
+    _ = ((label_files, error_files)
+         | "AllFiles" >> beam.Flatten()
+         | "FinishOutput" >> FinishOutput(
+             args.output, run_id, {"model": args.model,
+                                   "backend": args.backend,
+                                   "resumed": bool(args.resume)}))

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     io_group.add_argument(
         "--overwrite", action="store_true",
         help="replace results already under --output")
+    io_group.add_argument(
+        "--resume", action="store_true",
+        help="keep results already under --output and label only the "
+        "inputs that are in none of its finished files")
+    io_group.add_argument(
+        "--rows_per_file", type=_positive_int, default=5000,
+        help="rows per output file; each file is committed as soon as it "
+        "is full, so a killed run keeps its finished files")
     model_group = parser.add_argument_group("model")
     model_group.add_argument(
         "--model", default=DEFAULT_MODEL,
@@ -210,6 +218,9 @@ def parse_args(argv: Sequence[str]
                          "--input_manifest FILE")
     if not args.output:
         raise UsageError("--output is required (a local or gs:// directory)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume keeps existing results and --overwrite "
+                         "deletes them: give one")
     if args.min_batch_size > args.max_batch_size:
         raise UsageError(f"--min_batch_size {args.min_batch_size} is larger "
                          f"than --max_batch_size {args.max_batch_size}")

@@ -68,9 +68,12 @@ def test_gs_input_output_and_model(emulator, standin_tf1, tmp_path):
         f"gs://{BUCKET}/photos/not-an-image.JPEG"]
     assert set(labels.column("model").to_pylist()) == {
         f"gs://{BUCKET}/modules/standin"}
-    # Only final shards remain: Beam's temp files were finalized away.
+    # Only committed files and the success marker remain.
     names = emulator.list(BUCKET, "out/")
-    assert names and all(n.endswith(".parquet") for n in names), names
+    assert f"gs://{BUCKET}/out/_SUCCESS.json" in names
+    assert all(n.endswith(".parquet") or n.endswith("_SUCCESS.json")
+               for n in names), names
+    assert not any("_incomplete" in n for n in names), names
 
 
 def test_local_and_gs_runs_agree(emulator, standin_tf1, tmp_path):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import logging
-from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import (Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+                    Union)
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -69,11 +70,21 @@ def check_uri_allowed(uri: str, allowed_schemes: Sequence[str]) -> None:
 
 _PERMANENT_HTTP_CODES = frozenset({400, 401, 403, 404, 410, 412})
 
+try:  # raised by google-cloud-storage's own retry when its deadline is up
+    from google.api_core.exceptions import RetryError as _ClientRetryError
+except ImportError:  # pragma: no cover - no GCP client libraries installed
+    _ClientRetryError = ()
+
 
 def _is_transient(exc: BaseException) -> bool:
-    """Retry storage hiccups, not answers that will never change."""
+    """Retry storage hiccups, not answers that will never change.
+
+    Not either: a storage client that already retried until its own
+    deadline (GCS: 120 s of backoff inside one FileSystems.open/read).
+    Retrying that again would turn one unreadable object into ~12 minutes.
+    """
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError,
-                        ImageError)):
+                        ImageError, _ClientRetryError)):
         return False
     # google.api_core / apitools errors carry the HTTP status in `code`.
     return getattr(exc, "code", None) not in _PERMANENT_HTTP_CODES
@@ -133,6 +144,36 @@ class ReadImageBytes(beam.DoFn):
         yield ImageBytes(uri, data)
 
 
+def _uri_of(element: Union[FileMetadata, str]) -> str:
+    return element.path if isinstance(element, FileMetadata) else element
+
+
+def read_uri_column(readable_file) -> List[str]:
+    """The `uri` column of one finished output file (for --resume)."""
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    with readable_file.open() as handle:
+        return pq.read_table(handle, columns=["uri"]).column("uri").to_pylist()
+
+
+class _KeepUnfinished(beam.DoFn):
+    """After CoGroupByKey on the URI: keep one input element per URI, unless
+    the URI is already in a finished output file."""
+
+    def __init__(self):
+        self._skipped = Metrics.counter(METRICS_NAMESPACE,
+                                        "images_skipped_done")
+
+    def process(self, keyed):
+        _, groups = keyed
+        inputs, done = list(groups["inputs"]), list(groups["done"])
+        if not inputs:
+            return
+        if done:
+            self._skipped.inc()
+            return
+        yield inputs[0]
+
+
 class ReadImages(beam.PTransform):
     """Read every input image's bytes, keyed by URI.
 
@@ -141,6 +182,10 @@ class ReadImages(beam.PTransform):
     given. Returns a dict of PCollections: "images" (ImageBytes) and
     ERRORS_TAG (ErrorRecord).
 
+    `exclude_outputs`: globs of finished Parquet files whose `uri` column
+    lists images not to read again (resuming a run). Matching nothing is
+    fine.
+
     Matched files are reshuffled so that reading and everything fused after
     it spreads over all workers (the match itself is a single element);
     manifest URIs are de-duplicated, which also redistributes them.
@@ -148,7 +193,8 @@ class ReadImages(beam.PTransform):
 
     def __init__(self, file_pattern: Optional[str] = None,
                  manifest: Optional[str] = None, *,
-                 max_bytes: int, allowed_schemes: Iterable[str]):
+                 max_bytes: int, allowed_schemes: Iterable[str],
+                 exclude_outputs: Sequence[str] = ()):
         super().__init__()
         if (file_pattern is None) == (manifest is None):
             raise ValueError("give exactly one of file_pattern or manifest")
@@ -156,20 +202,39 @@ class ReadImages(beam.PTransform):
         self._manifest = manifest
         self._max_bytes = max_bytes
         self._allowed_schemes = tuple(allowed_schemes)
+        self._exclude_outputs = tuple(exclude_outputs)
 
     def expand(self, pbegin):
         if self._file_pattern is not None:
             files = (pbegin
-                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern)
-                     | "Spread" >> beam.Reshuffle())
+                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern))
         else:
             files = (pbegin
                      | "ReadManifest" >> beam.io.ReadFromText(self._manifest)
                      | "ParseManifest" >> beam.FlatMap(
                          lambda line: [u] if (u := parse_manifest_line(line))
-                         else [])
-                     | "Deduplicate" >> beam.Distinct())
+                         else []))
+        if self._exclude_outputs:
+            files = self._without_finished(pbegin, files)
+        elif self._file_pattern is not None:
+            files = files | "Spread" >> beam.Reshuffle()
+        else:
+            files = files | "Deduplicate" >> beam.Distinct()
         results = files | "ReadBytes" >> beam.ParDo(
             ReadImageBytes(self._max_bytes, self._allowed_schemes)
         ).with_outputs(ERRORS_TAG, main="images")
         return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
+
+    def _without_finished(self, pbegin, files):
+        """Anti-join on the URI; also de-duplicates and redistributes."""
+        done = (pbegin
+                | "FinishedOutputs" >> beam.Create(self._exclude_outputs)
+                | "MatchFinished" >> fileio.MatchAll(
+                    fileio.EmptyMatchTreatment.ALLOW)
+                | "OpenFinished" >> fileio.ReadMatches()
+                | "FinishedUris" >> beam.FlatMap(read_uri_column)
+                | "KeyDone" >> beam.Map(lambda uri: (uri, None)))
+        keyed = files | "KeyInputs" >> beam.Map(lambda e: (_uri_of(e), e))
+        return ({"inputs": keyed, "done": done}
+                | "JoinFinished" >> beam.CoGroupByKey()
+                | "KeepUnfinished" >> beam.ParDo(_KeepUnfinished()))

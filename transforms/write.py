@@ -1,38 +1,145 @@
-"""Step 4b: rows → Parquet shards under the output prefix.
+"""Step 4b: rows → Parquet files under the output directory, committed as
+the job goes.
 
-Beam's file sinks write each shard to a temporary directory and rename it
-into place when the whole write finalizes, so a partial file never appears
-under a final `labels-*` / `errors-*` name.
+    <output>/labels-<run>-<digest>.parquet   labeled images (LABELS_SCHEMA)
+    <output>/errors-<run>-<digest>.parquet   failed images (ERRORS_SCHEMA)
+    <output>/_SUCCESS.json                   written last: the run completed
+    <output>/_incomplete/                    files being written (ignore)
+
+Why by hand: Beam's WriteToParquet commits every shard only when the whole
+job finalizes, so a run killed at 99% leaves nothing; resumable runs
+(`--resume`) need each chunk committed as soon as it is complete.
+
+Each chunk (up to `rows_per_file` rows) is written under `_incomplete/` and
+then renamed to its final name, so a partial file never appears under a
+final name. The name's digest is a hash of the chunk's URIs: a retried
+bundle that writes the same chunk again replaces it instead of adding a copy.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils import retry
 
 from transforms.errors import METRICS_NAMESPACE, ErrorRecord
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX, error_row)
 
+_LOGGER = logging.getLogger(__name__)
 
-def output_path(output: str, prefix: str) -> str:
-    """`<output>/<prefix>`: the shard-name prefix under an output directory."""
-    return FileSystems.join(output.rstrip("/"), prefix)
+INCOMPLETE_DIR = "_incomplete"
+SUCCESS_FILE = "_SUCCESS.json"
 
 
-class WriteLabels(beam.PTransform):
-    """Label rows (dicts of LABELS_SCHEMA) → <output>/labels-SSSSS-of-NNNNN.parquet."""
+def output_path(output: str, name: str) -> str:
+    """`<output>/<name>` on any Beam filesystem."""
+    return FileSystems.join(output.rstrip("/"), name)
 
-    def __init__(self, output: str, num_shards: int = 0):
-        super().__init__()
+
+def finished_files_pattern(output: str, prefix: str) -> str:
+    """Glob of the committed files of one kind (never the incomplete ones)."""
+    return output_path(output, f"{prefix}-*{PARQUET_SUFFIX}")
+
+
+def new_run_id() -> str:
+    """A short id naming this run's files (sortable by start time)."""
+    import datetime  # pylint: disable=import-outside-toplevel
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+@retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
+def _commit(table: pa.Table, temporary: str, final: str) -> None:
+    """Write `table` to `temporary`, then rename it to `final`; idempotent,
+    so a retry after a half-done rename is safe."""
+    if not FileSystems.exists(temporary) or not FileSystems.exists(final):
+        with FileSystems.create(temporary) as handle:
+            pq.write_table(table, handle, compression="snappy")
+    if FileSystems.exists(final):
+        FileSystems.delete([final])  # same chunk written again: replace
+    FileSystems.rename([temporary], [final])
+
+
+def write_chunk(rows: Sequence[Dict[str, Any]], schema: pa.Schema,
+                output: str, prefix: str, run_id: str) -> str:
+    """Commit one chunk of rows as a Parquet file; return its final path."""
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    digest = hashlib.sha1("\n".join(r["uri"] for r in rows)
+                          .encode("utf-8")).hexdigest()[:16]
+    name = f"{prefix}-{run_id}-{digest}{PARQUET_SUFFIX}"
+    final = output_path(output, name)
+    temporary = output_path(output, f"{INCOMPLETE_DIR}/{uuid.uuid4().hex}-"
+                                    f"{name}")
+    _commit(table, temporary, final)
+    return final
+
+
+class _WriteChunks(beam.DoFn):
+    """Buffers rows and commits a file every `rows_per_file` rows and at the
+    end of each bundle. Emits the final path of every committed file."""
+
+    def __init__(self, output: str, prefix: str, schema: pa.Schema,
+                 run_id: str, rows_per_file: int):
         self._output = output
-        self._num_shards = num_shards
+        self._prefix = prefix
+        self._schema = schema
+        self._run_id = run_id
+        self._rows_per_file = rows_per_file
+        self._rows: List[Dict[str, Any]] = []
+        self._files = Metrics.counter(METRICS_NAMESPACE,
+                                      f"{prefix}_files_committed")
+
+    def start_bundle(self):
+        self._rows = []
+
+    def process(self, row: Dict[str, Any]) -> Iterable[str]:
+        self._rows.append(row)
+        if len(self._rows) >= self._rows_per_file:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._rows:
+            path = self._flush()
+            yield beam.utils.windowed_value.WindowedValue(
+                path, beam.utils.timestamp.MIN_TIMESTAMP,
+                [beam.transforms.window.GlobalWindow()])
+
+    def _flush(self) -> str:
+        rows, self._rows = self._rows, []
+        path = write_chunk(rows, self._schema, self._output, self._prefix,
+                           self._run_id)
+        self._files.inc()
+        return path
+
+
+class WriteParquetChunks(beam.PTransform):
+    """Rows (dicts of `schema`) → committed `<output>/<prefix>-<run>-*.parquet`
+    files; returns the PCollection of their paths."""
+
+    def __init__(self, output: str, prefix: str, schema: pa.Schema,
+                 run_id: str, rows_per_file: int):
+        super().__init__()
+        self._args = (output, prefix, schema, run_id, rows_per_file)
 
     def expand(self, rows):
-        return rows | "WriteLabelsParquet" >> beam.io.WriteToParquet(
-            output_path(self._output, LABELS_PREFIX), schema=LABELS_SCHEMA,
-            file_name_suffix=PARQUET_SUFFIX, num_shards=self._num_shards,
-            codec="snappy")
+        return rows | "WriteChunks" >> beam.ParDo(_WriteChunks(*self._args))
+
+
+class WriteLabels(WriteParquetChunks):
+    """Label rows → <output>/labels-<run>-<digest>.parquet."""
+
+    def __init__(self, output: str, run_id: str, rows_per_file: int):
+        super().__init__(output, LABELS_PREFIX, LABELS_SCHEMA, run_id,
+                         rows_per_file)
 
 
 def _counted_error_row(record: ErrorRecord) -> dict:
@@ -43,17 +150,62 @@ def _counted_error_row(record: ErrorRecord) -> dict:
 
 
 class WriteErrors(beam.PTransform):
-    """ErrorRecords → <output>/errors-SSSSS-of-NNNNN.parquet (written even
-    when empty, so a reader can tell "no errors" from "not written")."""
+    """ErrorRecords → <output>/errors-<run>-<digest>.parquet."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, run_id: str, rows_per_file: int):
         super().__init__()
         self._output = output
+        self._run_id = run_id
+        self._rows_per_file = rows_per_file
 
     def expand(self, errors):
         return (errors
                 | "ToErrorRow" >> beam.Map(_counted_error_row)
-                | "WriteErrorsParquet" >> beam.io.WriteToParquet(
-                    output_path(self._output, ERRORS_PREFIX),
-                    schema=ERRORS_SCHEMA, file_name_suffix=PARQUET_SUFFIX,
-                    num_shards=1, codec="snappy"))
+                | "WriteChunks" >> WriteParquetChunks(
+                    self._output, ERRORS_PREFIX, ERRORS_SCHEMA, self._run_id,
+                    self._rows_per_file))
+
+
+class _Finish(beam.DoFn):
+    """Runs once, after every file is committed: makes sure an errors file
+    exists (so "no errors" reads as an empty table, not a missing one) and
+    writes the _SUCCESS.json marker."""
+
+    def __init__(self, output: str, run_id: str, details: Dict[str, Any]):
+        self._output = output
+        self._run_id = run_id
+        self._details = details
+
+    def process(self, files: List[str]) -> Iterable[str]:
+        if not any(f"/{ERRORS_PREFIX}-{self._run_id}-" in f for f in files):
+            final = output_path(self._output, f"{ERRORS_PREFIX}-{self._run_id}"
+                                              f"-empty{PARQUET_SUFFIX}")
+            _commit(ERRORS_SCHEMA.empty_table(), output_path(
+                self._output, f"{INCOMPLETE_DIR}/{uuid.uuid4().hex}"), final)
+            files = files + [final]
+        marker = {"run_id": self._run_id,
+                  "files": sorted(f.rsplit("/", 1)[-1] for f in files),
+                  **self._details}
+        with FileSystems.create(output_path(self._output, SUCCESS_FILE)) as f:
+            f.write(json.dumps(marker, indent=2).encode("utf-8"))
+        incomplete = output_path(self._output, INCOMPLETE_DIR)
+        if FileSystems.exists(incomplete):  # every chunk is committed now
+            FileSystems.delete([incomplete])
+        yield output_path(self._output, SUCCESS_FILE)
+
+
+class FinishOutput(beam.PTransform):
+    """PCollection of committed file paths → _SUCCESS.json, once all exist."""
+
+    def __init__(self, output: str, run_id: str,
+                 details: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self._output = output
+        self._run_id = run_id
+        self._details = details or {}
+
+    def expand(self, files):
+        return (files
+                | "AllFiles" >> beam.combiners.ToList()
+                | "Finish" >> beam.ParDo(_Finish(self._output, self._run_id,
+                                                 self._details)))
