@@ -34,11 +34,22 @@ def _configure_logging(verbose: bool) -> None:
         for name in ("apache_beam.runners.portability.fn_api_runner",
                      "apache_beam.runners.portability.local_job_service"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    handler = logging.getLogger().handlers[0]
     # Beam's RunInference logs this on the root logger for every model load
     # when an optional import fails; it is not about this job.
-    logging.getLogger().handlers[0].addFilter(
-        lambda record: not str(record.msg).startswith(
-            "Resource module is not available"))
+    handler.addFilter(lambda record: not str(record.msg).startswith(
+        "Resource module is not available"))
+    handler.addFilter(_redact_record)
+
+
+def _redact_record(record: logging.LogRecord) -> bool:
+    """No signed-URL query strings or user:password@ in any log line."""
+    from transforms.errors import redact  # pylint: disable=import-outside-toplevel
+    message = record.getMessage()
+    cleaned = redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, ()
+    return True
 
 
 def _standin_banner(model: str) -> None:

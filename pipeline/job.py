@@ -15,7 +15,7 @@ import apache_beam as beam
 from transforms.classify import Classify, HubClassifierHandler
 from transforms.decode import (DecodeAndPreprocess, DecodeSettings,
                                allowed_formats)
-from transforms.errors import ERRORS_TAG
+from transforms.errors import ERRORS_TAG, redact
 from transforms.read import ReadImages, uri_scheme
 from transforms.rows import ToLabelRows
 from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
@@ -69,6 +69,6 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
     _ = ((label_files, error_files)
          | "AllFiles" >> beam.Flatten()
          | "FinishOutput" >> FinishOutput(
-             args.output, run_id, {"model": args.model,
+             args.output, run_id, {"model": redact(args.model),
                                    "backend": args.backend,
                                    "resumed": bool(args.resume)}))

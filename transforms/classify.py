@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
 
 from transforms.decode import DecodedImage
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_CLASSIFY,
-                               error_record)
+                               error_record, redact)
 from transforms.model import ImageClassifier, load_classifier
 from transforms.schema import utc_now
 
@@ -128,6 +128,7 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
         super().__init__(min_batch_size=min_batch_size,
                          max_batch_size=max_batch_size)
         self._model = model
+        self._model_id = redact(model)  # as written to Parquet and logs
         self._embedding_model = embedding_model
         self._labels = tuple(labels)
         self._label_array = np.asarray(self._labels, dtype=object)
@@ -140,7 +141,7 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
         classifier, loaded_now = load_classifier(
             self._model, self._embedding_model, self._model_cache_dir,
             self.backend)
-        _LOGGER.info("module %s %s in process %d (%s backend)", self._model,
+        _LOGGER.info("module %s %s in process %d (%s backend)", self._model_id,
                      "loaded" if loaded_now else "reused from the launch "
                      "check", os.getpid(), self.backend)
         # Counted per process holding a copy (a local run's launch check and
@@ -163,7 +164,7 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
         pixels = np.stack([image.pixels for image in batch])
         results = classify_batch(model, pixels, self._label_array,
                                  self._top_k)
-        return [PredictionResult(image, result, self._model)
+        return [PredictionResult(image, result, self._model_id)
                 for image, result in zip(batch, results)]
 
     def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:

@@ -6,6 +6,7 @@ input URI ends up either as a labels row or as an errors row.
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 #: Name of the tagged output that carries ErrorRecords in every step.
@@ -19,6 +20,20 @@ STAGE_CLASSIFY = "classify"
 METRICS_NAMESPACE = "labeling"
 
 _MAX_MESSAGE_CHARS = 500
+
+
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*",
+                        re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@",
+                           re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Remove what may carry credentials from URLs in `text`: query strings
+    (signed URLs, tokens) and user:password@. Used for everything that goes
+    to logs or Parquet."""
+    text = _URL_USERINFO.sub(r"\1<redacted>@", text)
+    return _URL_QUERY.sub(r"\1?<redacted>", text)
 
 
 class ErrorRecord(NamedTuple):
@@ -48,7 +63,7 @@ def error_record(uri: str, stage: str, exc: BaseException) -> ErrorRecord:
     where they are written, see transforms/write.py).
     """
     error_type = getattr(exc, "error_type", None) or type(exc).__name__
-    message = " ".join(str(exc).split()) or error_type  # one line, never empty
+    message = redact(" ".join(str(exc).split())) or error_type  # one line
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS - 3] + "..."
     return ErrorRecord(uri=uri, stage=stage, error_type=error_type,

@@ -167,9 +167,9 @@ class WriteErrors(beam.PTransform):
 
 
 class _Finish(beam.DoFn):
-    """Runs once, after every file is committed: makes sure an errors file
-    exists (so "no errors" reads as an empty table, not a missing one) and
-    writes the _SUCCESS.json marker."""
+    """Runs once, after every file is committed: makes sure a labels and an
+    errors file exist (so "none" reads as an empty table, not a missing
+    one) and writes the _SUCCESS.json marker."""
 
     def __init__(self, output: str, run_id: str, details: Dict[str, Any]):
         self._output = output
@@ -177,12 +177,16 @@ class _Finish(beam.DoFn):
         self._details = details
 
     def process(self, files: List[str]) -> Iterable[str]:
-        if not any(f"/{ERRORS_PREFIX}-{self._run_id}-" in f for f in files):
-            final = output_path(self._output, f"{ERRORS_PREFIX}-{self._run_id}"
+        files = list(files)
+        for prefix, schema in ((LABELS_PREFIX, LABELS_SCHEMA),
+                               (ERRORS_PREFIX, ERRORS_SCHEMA)):
+            if any(f"/{prefix}-{self._run_id}-" in f for f in files):
+                continue
+            final = output_path(self._output, f"{prefix}-{self._run_id}"
                                               f"-empty{PARQUET_SUFFIX}")
-            _commit(ERRORS_SCHEMA.empty_table(), output_path(
+            _commit(schema.empty_table(), output_path(
                 self._output, f"{INCOMPLETE_DIR}/{uuid.uuid4().hex}"), final)
-            files = files + [final]
+            files.append(final)
         marker = {"run_id": self._run_id,
                   "files": sorted(f.rsplit("/", 1)[-1] for f in files),
                   **self._details}
