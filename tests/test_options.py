@@ -6,8 +6,8 @@ import pytest
 from apache_beam.options.pipeline_options import (DirectOptions,
                                                   StandardOptions)
 
-from pipeline.options import (DEFAULT_LABELS, DEFAULT_MODEL, UsageError,
-                              parse_args)
+from pipeline.options import (DEFAULT_LABELS, DEFAULT_MODEL, LOCAL_RUNNER,
+                              UsageError, parse_args)
 from tests.conftest import LABELS_FILE, PHOTOS_DIR, PROJECT_ROOT, run_cli
 
 BASE = ["--input", "/data/*.jpg", "--output", "/tmp/out"]
@@ -19,9 +19,9 @@ def test_defaults_are_the_model_card_handles():
     assert args.model.endswith("mobilenet_v2_050_96/classification/2")
     assert args.labels == DEFAULT_LABELS and args.top_k == 5
     # The runner is chosen explicitly (no Prism download attempt).
-    assert options.view_as(StandardOptions).runner == "DirectRunner"
+    assert options.view_as(StandardOptions).runner == LOCAL_RUNNER
     direct = options.view_as(DirectOptions)
-    assert direct.direct_running_mode == "multi_processing"
+    assert direct.direct_running_mode == "in_memory"
     assert direct.direct_num_workers >= 1
 
 
