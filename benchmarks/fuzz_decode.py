@@ -15,8 +15,9 @@ Case `i` of seed `s` is made from `numpy.random.default_rng([s, i])` alone,
 so any case can be reproduced on its own (`--case I --dump FILE`). Nothing
 is stored: cases are generated where they are decoded.
 
-Each case goes through `transforms.decode.DecodeImages.process`, as in the
-Beam job, and must end as exactly one of
+Each case goes through `transforms.decode.DecodeImages` as a runner drives
+it (setup once; start_bundle, process, finish_bundle per case), with the
+job's default DecodeSettings, and must end as exactly one of
   * a DecodedImage whose pixels are float32 (96, 96, 3), finite, in [0, 1];
   * a TaggedOutput(ERRORS_TAG, ErrorRecord) with stage "decode", the
     case's uri, and a non-empty error_type and message.
@@ -26,7 +27,8 @@ before starting it, so the parent knows which case was running when a worker
 died (a crash: segfault, abort, OOM kill) or went past the per-image time
 limit (a hang: the worker is killed). Either way a fresh worker takes over
 the rest of its chunk. Each worker also has an address-space limit, so a
-runaway allocation ends as a MemoryError instead of taking the machine.
+runaway allocation ends as a MemoryError (outcome "memory", a failure)
+instead of taking the machine; peak RSS per worker is reported.
 
 tests/test_fuzz.py runs this module's generator and runner; there is no
 second copy of either.

@@ -45,6 +45,7 @@ import logging
 import math
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import List, NamedTuple, Sequence, Tuple, Union
 
@@ -82,14 +83,16 @@ def _check_pixel_limit(width: int, height: int,
 
 
 def _png_header_size(data: bytes):
-    """(width, height) from a PNG's IHDR chunk; None if `data` is no PNG.
+    """(width, height) from a PNG's IHDR chunk; None if `data` is no PNG or
+    its IHDR is damaged (Pillow then refuses it as unidentified).
 
     Pillow's APNG reader allocates and fills a whole w×h RGBA frame inside
     Image.open, before its own or our size check (a 60 KB APNG declaring
     40000×40000 costs 6 GB and 9 s there), so PNG sizes are checked first.
     """
-    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or \
-            data[12:16] != b"IHDR":
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or \
+            data[8:16] != b"\x00\x00\x00\rIHDR" or \
+            zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
         return None
     return struct.unpack(">II", data[16:24])
 
