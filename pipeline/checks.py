@@ -117,7 +117,8 @@ def check_backend(args, reference: ImageClassifier, sample: List[str]
                           f"of the first {len(sample)} inputs decodes")
     try:
         candidate, _ = load_classifier(args.model, args.embedding_model,
-                                       args.model_cache_dir, args.backend)
+                                       args.model_cache_dir, args.backend,
+                                       args.inference_threads)
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"cannot build the {args.backend} backend: "
                           f"{_one_line(exc)}; use --backend tf") from exc

@@ -32,6 +32,11 @@ def input_schemes(args: argparse.Namespace) -> Sequence[str]:
     return [uri_scheme(args.input or args.input_manifest)]
 
 
+# Concurrent reads per worker process from object storage, to hide its
+# latency; local files are read inline (threads only add GIL hand-offs).
+REMOTE_READ_THREADS = 8
+
+
 def decode_settings(args: argparse.Namespace) -> DecodeSettings:
     return DecodeSettings(
         max_pixels=args.max_pixels,
@@ -47,15 +52,21 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
                if args.resume else [])
     images = pipeline | "ReadImages" >> ReadImages(
         args.input, args.input_manifest, max_bytes=args.max_file_bytes,
-        allowed_schemes=input_schemes(args), exclude_outputs=exclude)
+        allowed_schemes=input_schemes(args), exclude_outputs=exclude,
+        threads=args.read_threads or (
+            1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS))
+    # Decoded images in flight: two batches, so decoding goes on while the
+    # bundle thread runs inference on one.
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
-        decode_settings(args), args.decode_threads)
+        decode_settings(args), args.decode_threads,
+        max_in_flight=2 * args.max_batch_size)
     handler = HubClassifierHandler(
         args.model, labels, top_k=args.top_k,
         embedding_model=args.embedding_model,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
-        model_cache_dir=args.model_cache_dir, backend=args.backend)
+        model_cache_dir=args.model_cache_dir, backend=args.backend,
+        inference_threads=args.inference_threads)
     classified = decoded["images"] | "Classify" >> Classify(handler)
     label_files = (classified["results"]
                    | "ToLabelRows" >> ToLabelRows(args.backend)

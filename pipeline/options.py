@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "converted to TFLite with XNNPACK, ~3-4x faster on CPU; must pass "
         "a parity gate against tf at launch)")
     model_group.add_argument(
+        "--inference_threads", type=_positive_int, default=None,
+        help="threads of the xnnpack backend's interpreter (default: the "
+        "usable cores)")
+    model_group.add_argument(
         "--model_cache_dir", default=None,
         help="local directory for copies of gs:// modules "
         "(default: <tmp>/image-labeler-modules)")
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode_group.add_argument(
         "--allowed_formats", default=DEFAULT_FORMATS,
         help="comma-separated image formats the decoder may parse")
+    io_group.add_argument(
+        "--read_threads", type=_positive_int, default=None,
+        help="concurrent reads per worker process (default: 1 for local "
+        "files, 8 for object storage, to hide its latency)")
     decode_group.add_argument(
         "--decode_threads", type=_positive_int, default=2,
         help="decoding threads per worker process (they overlap with "
@@ -253,7 +261,11 @@ def beam_options(beam_flags: Sequence[str]) -> PipelineOptions:
         if "--direct_running_mode" not in given:
             direct.direct_running_mode = "in_memory"
         if "--direct_num_workers" not in given:
-            direct.direct_num_workers = default_num_workers()
+            # in_memory: one bundle thread (decoding has its own threads);
+            # multi_processing: one worker process per core.
+            direct.direct_num_workers = (
+                1 if direct.direct_running_mode == "in_memory"
+                else default_num_workers())
     return options
 
 

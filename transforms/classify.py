@@ -124,7 +124,8 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
     def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
                  embedding_model: Optional[str] = None,
                  min_batch_size: int = 16, max_batch_size: int = 64,
-                 model_cache_dir: Optional[str] = None, backend: str = "tf"):
+                 model_cache_dir: Optional[str] = None, backend: str = "tf",
+                 inference_threads: Optional[int] = None):
         super().__init__(min_batch_size=min_batch_size,
                          max_batch_size=max_batch_size)
         self._model = model
@@ -135,12 +136,13 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
         self._top_k = top_k
         self._model_cache_dir = model_cache_dir
         self.backend = backend
+        self._inference_threads = inference_threads
 
     def load_model(self) -> ImageClassifier:
         """Called by RunInference through Beam's Shared: once per process."""
         classifier, loaded_now = load_classifier(
             self._model, self._embedding_model, self._model_cache_dir,
-            self.backend)
+            self.backend, self._inference_threads)
         _LOGGER.info("module %s %s in process %d (%s backend)", self._model_id,
                      "loaded" if loaded_now else "reused from the launch "
                      "check", os.getpid(), self.backend)

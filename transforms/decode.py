@@ -157,9 +157,10 @@ def resize_bilinear_crop(pixels: np.ndarray, box: Tuple[int, int, int, int],
     left, top, crop_w, crop_h = box
     y0, y1, wy = _half_pixel_taps(crop_h, size, top)
     x0, x1, wx = _half_pixel_taps(crop_w, size, left)
-    rows = np.concatenate([y0, y1])
-    cols = np.concatenate([x0, x1])
-    taps = pixels[rows[:, None], cols[None, :]].astype(np.float32)
+    # Two axis-wise takes copy whole rows, then columns: ~2x faster than
+    # one broadcast fancy index over both axes.
+    rows = pixels.take(np.concatenate([y0, y1]), axis=0)
+    taps = rows.take(np.concatenate([x0, x1]), axis=1).astype(np.float32)
     top_left, top_right = taps[:size, :size], taps[:size, size:]
     bottom_left, bottom_right = taps[size:, :size], taps[size:, size:]
     wx = wx[None, :, None]
@@ -311,8 +312,9 @@ class DecodeImages(ThreadedDoFn):
     ERRORS_TAG. Decoding runs on `threads` threads: libjpeg-turbo and Pillow
     release the GIL, so they decode while the bundle thread classifies."""
 
-    def __init__(self, settings: DecodeSettings, threads: int = 1):
-        super().__init__(threads)
+    def __init__(self, settings: DecodeSettings, threads: int = 1,
+                 max_in_flight: int = 0):
+        super().__init__(threads, max_in_flight)
         self._settings = settings
 
     def setup(self):
@@ -336,15 +338,17 @@ class DecodeImages(ThreadedDoFn):
 class DecodeAndPreprocess(beam.PTransform):
     """PCollection[ImageBytes] → {"images": DecodedImage, ERRORS_TAG: ErrorRecord}."""
 
-    def __init__(self, settings: DecodeSettings, threads: int = 1):
+    def __init__(self, settings: DecodeSettings, threads: int = 1,
+                 max_in_flight: int = 0):
         super().__init__()
         self._settings = settings
         self._threads = threads
+        self._max_in_flight = max_in_flight
 
     def expand(self, images):
         results = images | "Decode" >> beam.ParDo(
-            DecodeImages(self._settings, self._threads)).with_outputs(
-                ERRORS_TAG, main="images")
+            DecodeImages(self._settings, self._threads, self._max_in_flight)
+        ).with_outputs(ERRORS_TAG, main="images")
         return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
 
 

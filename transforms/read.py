@@ -21,6 +21,7 @@ from apache_beam.utils import retry
 
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
                                ImageError, error_record)
+from transforms.threaded import ThreadedDoFn
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -109,39 +110,40 @@ def read_file_bytes(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-class ReadImageBytes(beam.DoFn):
-    """FileMetadata or URI string → ImageBytes, or an ErrorRecord (stage read).
+class ReadImageBytes(ThreadedDoFn):
+    """URI (or FileMetadata) → ImageBytes, or an ErrorRecord (stage read).
 
     Emits ImageBytes on the main output and ErrorRecords on ERRORS_TAG.
+    Reads run on `threads` threads: waiting on storage (and on the
+    filesystem) then overlaps with decoding and inference.
     """
 
-    def __init__(self, max_bytes: int, allowed_schemes: Sequence[str]):
+    def __init__(self, max_bytes: int, allowed_schemes: Sequence[str],
+                 threads: int = 1):
+        super().__init__(threads)
         self._max_bytes = max_bytes
         self._allowed_schemes = tuple(allowed_schemes)
-        self._images_read = Metrics.counter(METRICS_NAMESPACE, "images_read")
-        self._bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
 
-    def process(self, element: Union[FileMetadata, str]
-                ) -> Iterator[Union[ImageBytes, beam.pvalue.TaggedOutput]]:
-        if isinstance(element, FileMetadata):
-            uri, size = element.path, element.size_in_bytes
-        else:
-            uri, size = element, None
+    def work(self, element: Union[FileMetadata, str]
+             ) -> List[Union[ImageBytes, beam.pvalue.TaggedOutput]]:
+        uri = _uri_of(element)
         try:
             check_uri_allowed(uri, self._allowed_schemes)
-            if size is not None and size > self._max_bytes:
-                raise ImageError(
-                    "FileTooLarge", f"file is {size} bytes, over the limit "
-                    f"of {self._max_bytes} bytes")
             data = read_file_bytes(uri, self._max_bytes)
         except Exception as exc:  # pylint: disable=broad-except
             _LOGGER.debug("read failed for %s", uri, exc_info=True)
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG,
-                                           error_record(uri, STAGE_READ, exc))
-            return
-        self._images_read.inc()
-        self._bytes_read.inc(len(data))
-        yield ImageBytes(uri, data)
+            return [beam.pvalue.TaggedOutput(
+                ERRORS_TAG, error_record(uri, STAGE_READ, exc))]
+        return [ImageBytes(uri, data)]
+
+    def emitted(self, output) -> None:
+        if isinstance(output, ImageBytes):
+            _IMAGES_READ.inc()
+            _BYTES_READ.inc(len(output.data))
+
+
+_IMAGES_READ = Metrics.counter(METRICS_NAMESPACE, "images_read")
+_BYTES_READ = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
 
 
 def _uri_of(element: Union[FileMetadata, str]) -> str:
@@ -194,8 +196,9 @@ class ReadImages(beam.PTransform):
     def __init__(self, file_pattern: Optional[str] = None,
                  manifest: Optional[str] = None, *,
                  max_bytes: int, allowed_schemes: Iterable[str],
-                 exclude_outputs: Sequence[str] = ()):
+                 exclude_outputs: Sequence[str] = (), threads: int = 1):
         super().__init__()
+        self._threads = threads
         if (file_pattern is None) == (manifest is None):
             raise ValueError("give exactly one of file_pattern or manifest")
         self._file_pattern = file_pattern
@@ -206,8 +209,11 @@ class ReadImages(beam.PTransform):
 
     def expand(self, pbegin):
         if self._file_pattern is not None:
+            # Plain URIs from here: cheaper to shuffle than FileMetadata.
+            # (Sizes are enforced while reading: at most max_bytes + 1.)
             files = (pbegin
-                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern))
+                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern)
+                     | "Paths" >> beam.Map(lambda metadata: metadata.path))
         else:
             files = (pbegin
                      | "ReadManifest" >> beam.io.ReadFromText(self._manifest)
@@ -221,7 +227,8 @@ class ReadImages(beam.PTransform):
         else:
             files = files | "Deduplicate" >> beam.Distinct()
         results = files | "ReadBytes" >> beam.ParDo(
-            ReadImageBytes(self._max_bytes, self._allowed_schemes)
+            ReadImageBytes(self._max_bytes, self._allowed_schemes,
+                           self._threads)
         ).with_outputs(ERRORS_TAG, main="images")
         return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
 

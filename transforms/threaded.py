@@ -25,19 +25,25 @@ class ThreadedDoFn(beam.DoFn):
     TaggedOutput); it must be thread-safe and must not raise.
 
     With threads <= 1 the work runs inline, exactly like a plain DoFn.
-    At most `threads * queue_factor` elements are in flight per bundle, so
-    memory stays bounded whatever the bundle size.
+    At most `max_in_flight` elements (default 4 per thread) are submitted
+    and not yet emitted per bundle, so memory stays bounded whatever the
+    bundle size. It should cover what downstream holds back at a time (a
+    whole batch), or the pool idles while the bundle thread runs inference.
     """
 
-    def __init__(self, threads: int, queue_factor: int = 4):
+    def __init__(self, threads: int, max_in_flight: int = 0):
         self._threads = threads
-        self._max_in_flight = max(1, threads * queue_factor)
+        self._max_in_flight = max(1, max_in_flight or 4 * threads)
         self._pool = None
         self._pending: Deque[Tuple[concurrent.futures.Future, Any, Any]] = \
             collections.deque()
 
     def work(self, element: Any) -> Iterable[Any]:
         raise NotImplementedError
+
+    def emitted(self, output: Any) -> None:
+        """Called on the bundle thread for each output as it is emitted:
+        the place for Beam metrics, which pool threads cannot update."""
 
     def setup(self):
         if self._threads > 1:
@@ -55,7 +61,9 @@ class ThreadedDoFn(beam.DoFn):
     def process(self, element, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam) -> Iterator[Any]:
         if self._pool is None:
-            yield from self.work(element)
+            for output in self.work(element):
+                self.emitted(output)
+                yield output
             return
         self._pending.append((self._pool.submit(self._run, element),
                               window, timestamp))
@@ -72,10 +80,10 @@ class ThreadedDoFn(beam.DoFn):
     def _run(self, element):
         return list(self.work(element))
 
-    @staticmethod
-    def _emit(pending) -> Iterator[Any]:
+    def _emit(self, pending) -> Iterator[Any]:
         future, window, timestamp = pending
         for output in future.result():
+            self.emitted(output)
             if isinstance(output, TaggedOutput):
                 yield TaggedOutput(output.tag, WindowedValue(
                     output.value, timestamp, (window,)))
