@@ -75,30 +75,6 @@ def _counters(result) -> Dict[str, int]:
     return totals
 
 
-def summary_lines(total_inputs: int, counters: Dict[str, int],
-                  wall_s: float, labeling_s: float, output: str) -> List[str]:
-    """The end-of-run summary, one fact per line."""
-    labeled = counters.get("images_labeled", 0)
-    failed = {name[len("images_failed_"):]: n for name, n in counters.items()
-              if name.startswith("images_failed_") and n}
-    errors = sum(failed.values())
-    by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted(failed.items()))
-    skipped = counters.get("images_skipped_done", 0)
-    return [
-        f"inputs        {total_inputs}",
-        f"already done  {skipped} (kept from earlier runs)" if skipped else "",
-        f"labeled       {labeled}",
-        f"errors        {errors}" + (f" ({by_stage})" if by_stage else ""),
-        f"wall time     {wall_s:.1f} s (launch checks {wall_s - labeling_s:.1f}"
-        f" s, labeling {labeling_s:.1f} s)",
-        f"images/s      {total_inputs / max(wall_s, 1e-9):.1f} overall, "
-        f"{total_inputs / max(labeling_s, 1e-9):.1f} while labeling",
-        f"module loads  {counters.get('module_loads', 0)} (one per worker "
-        "process holding the module)",
-        f"output        {output}",
-    ]
-
-
 def run(argv: Sequence[str]) -> int:
     """The labeling job. Returns the process exit status."""
     from pipeline.options import UsageError, help_text, parse_args  # pylint: disable=import-outside-toplevel
@@ -135,22 +111,43 @@ def run(argv: Sequence[str]) -> int:
                  f", {facts.classifier.embedding_dim}-d embedding"
                  if facts.classifier.embedding_dim else ", no embedding")
 
+    from pipeline.progress import (ProgressReporter, summary_lines,  # pylint: disable=import-outside-toplevel
+                                   top_labels)
     from transforms.write import new_run_id  # pylint: disable=import-outside-toplevel
     run_id = new_run_id()
     labeling_started = time.time()
     pipeline = beam.Pipeline(options=options)
     job.build(pipeline, args, facts.labels, run_id)
-    result = pipeline.run()
-    result.wait_until_finish()
+    reporter = ProgressReporter(facts.total_inputs,
+                                quiet_interval_s=args.progress_interval)
+    reporter.start()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        reporter.stop()
     finished = time.time()
+    try:
+        labels = top_labels(_finished_label_files(args.output))
+    except Exception:  # pylint: disable=broad-except
+        _LOGGER.warning("could not read the labels back for the summary",
+                        exc_info=verbose)
+        labels = []
     for line in summary_lines(facts.total_inputs, _counters(result),
                               finished - started, finished - labeling_started,
-                              args.output):
-        if line:
-            _LOGGER.info("%s", line)
+                              args.output, labels):
+        _LOGGER.info("%s", line)
     if facts.is_standin:
         _standin_banner(args.model)
     return EXIT_OK
+
+
+def _finished_label_files(output: str) -> List[str]:
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    from transforms.schema import LABELS_PREFIX  # pylint: disable=import-outside-toplevel
+    from transforms.write import finished_files_pattern  # pylint: disable=import-outside-toplevel
+    return [m.path for m in FileSystems.match(
+        [finished_files_pattern(output, LABELS_PREFIX)])[0].metadata_list]
 
 
 def _create_standin_if_missing(model: str) -> None:

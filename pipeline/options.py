@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_group = parser.add_argument_group("command line")
     cli_group.add_argument("--config", default=None,
                            help="YAML file of option values")
+    cli_group.add_argument(
+        "--progress_interval", type=float, default=10.0,
+        help="seconds between progress lines when stderr is not a terminal")
     cli_group.add_argument("--verbose", action="store_true",
                            help="debug logging and full tracebacks")
     cli_group.add_argument("-h", "--help", action="store_true")

@@ -21,6 +21,7 @@ from apache_beam.utils import retry
 
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
                                ImageError, error_record)
+from transforms import tally
 from transforms.threaded import ThreadedDoFn
 
 _LOGGER = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ def read_uri_column(readable_file) -> List[str]:
     """The `uri` column of one finished output file (for --resume)."""
     import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     with readable_file.open() as handle:
-        return pq.read_table(handle, columns=["uri"]).column("uri").to_pylist()
+        # use_threads=False: Arrow's thread pool, started beside TensorFlow in
+        # one process, aborts the process at exit ("terminate called ...").
+        return pq.read_table(handle, columns=["uri"], use_threads=False) \
+            .column("uri").to_pylist()
 
 
 class _KeepUnfinished(beam.DoFn):
@@ -172,6 +176,7 @@ class _KeepUnfinished(beam.DoFn):
             return
         if done:
             self._skipped.inc()
+            tally.add("skipped")
             return
         yield inputs[0]
 

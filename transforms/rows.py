@@ -7,6 +7,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
+from transforms import tally
 from transforms.errors import METRICS_NAMESPACE
 
 
@@ -52,4 +53,5 @@ class _ToLabelRow(beam.DoFn):
 
     def process(self, result: PredictionResult):
         self._labeled.inc()
+        tally.add("labeled")
         yield label_row(result, self._backend)

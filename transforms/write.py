@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import retry
 
+from transforms import tally
 from transforms.errors import METRICS_NAMESPACE, ErrorRecord
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX, error_row)
@@ -146,6 +147,9 @@ def _counted_error_row(record: ErrorRecord) -> dict:
     """Count an error (`images_failed_<stage>`) as it is written: the one
     place every error passes, whichever step and thread produced it."""
     Metrics.counter(METRICS_NAMESPACE, f"images_failed_{record.stage}").inc()
+    Metrics.counter(METRICS_NAMESPACE,
+                    f"errors:{record.stage}/{record.error_type}").inc()
+    tally.add("failed")
     return error_row(record)
 
 
