@@ -50,13 +50,15 @@ def make_corpus(directory: Path, n: int) -> None:
                         f"img{i:07d}_{os.path.basename(source)}")
 
 
-def measure_decode(seconds: float = 6.0) -> Tuple[float, int]:
+def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False
+                   ) -> Tuple[float, int]:
     """(best images/s, its thread count) for decode + preprocess in memory."""
     from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
     from transforms.decode import (DecodeSettings, allowed_formats,
                                    decode_image)
     settings = DecodeSettings(DEFAULT_MAX_PIXELS,
-                              allowed_formats(DEFAULT_FORMATS.split(",")))
+                              allowed_formats(DEFAULT_FORMATS.split(",")),
+                              fast_jpeg=fast_jpeg)
     data = [Path(p).read_bytes() for p in PHOTOS]
     best = (0.0, 1)
     for threads in (1, 2, 3):
@@ -70,6 +72,21 @@ def measure_decode(seconds: float = 6.0) -> Tuple[float, int]:
         _LOGGER.info("decode: %d thread(s) %.0f img/s", threads, rate)
         best = max(best, (rate, threads))
     return best
+
+
+def fast_jpeg_deviation() -> Tuple[float, float]:
+    """Mean and worst per-image mean |Δ| (in 1/255) of --fast_jpeg against
+    the default, reference-exact preprocessing, over the sample photos."""
+    import numpy as np
+    from transforms.decode import DecodeSettings, decode_image
+    exact = DecodeSettings(10**8, ("JPEG",))
+    fast = DecodeSettings(10**8, ("JPEG",), fast_jpeg=True)
+    deltas = []
+    for path in PHOTOS:
+        data = Path(path).read_bytes()
+        deltas.append(float(np.abs(decode_image(data, exact)[0] -
+                                   decode_image(data, fast)[0]).mean()) * 255)
+    return float(np.mean(deltas)), float(np.max(deltas))
 
 
 def measure_model(model: str, backend: str, batch: int = 64,
@@ -210,8 +227,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     _LOGGER.info("corpus: %d images in %s", args.n, corpus)
 
     decode_ips, decode_threads = measure_decode()
+    fast_ips, fast_threads = measure_decode(fast_jpeg=True)
+    fast_mean, fast_worst = fast_jpeg_deviation()
     figures: Dict[str, object] = {"n": args.n, "decode_ips": decode_ips,
                                   "decode_threads": decode_threads,
+                                  "fast_jpeg_decode_ips": fast_ips,
+                                  "fast_jpeg_mean_delta_255": fast_mean,
+                                  "fast_jpeg_worst_delta_255": fast_worst,
                                   "cores": len(os.sched_getaffinity(0))}
     per_backend: Dict[str, Dict[str, float]] = {}
     for backend in backends:
@@ -288,7 +310,12 @@ def _workers(extra: List[str]) -> int:
 
 def print_table(f: Dict) -> None:
     rows = [("(a) decode + preprocess", f"{f['decode_ips']:.0f} img/s "
-             f"({f['decode_threads']} threads)")]
+             f"({f['decode_threads']} threads), reference-exact")]
+    if "fast_jpeg_decode_ips" in f:
+        rows.append(("    --fast_jpeg (not reference-exact)",
+                     f"{f['fast_jpeg_decode_ips']:.0f} img/s, mean |Δ| "
+                     f"{f['fast_jpeg_mean_delta_255']:.1f}/255 (worst image "
+                     f"{f['fast_jpeg_worst_delta_255']:.1f}/255)"))
     for backend, b in f["per_backend"].items():
         rows += [(f"(b) model alone, {backend}", f"{b['model_ips']:.0f} img/s"),
                  (f"(c) ceiling, {backend}", f"{b['ceiling_ips']:.0f} img/s"),
