@@ -82,9 +82,12 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
             matched = FileSystems.match([file_pattern])[0].metadata_list
         except Exception as exc:  # pylint: disable=broad-except
             raise LaunchError(f"cannot list --input {file_pattern}: "
-                              f"{_one_line(exc)}") from exc
+                              f"{_one_line(exc)}; check the bucket name and "
+                              "your credentials") from exc
         if not matched:
-            raise LaunchError(f"--input {file_pattern} matches no files")
+            raise LaunchError(f"--input {file_pattern} matches no files; check "
+                              "the path and quote the glob so the shell "
+                              "leaves it to the job")
         return len(matched), [m.path for m in matched[:PARITY_SAMPLE]]
     try:
         text = _read_bytes(manifest).decode("utf-8", errors="replace")
@@ -94,7 +97,8 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
     uris = list(dict.fromkeys(uri for line in text.splitlines()
                               if (uri := parse_manifest_line(line))))
     if not uris:
-        raise LaunchError(f"--input_manifest {manifest} lists no URIs")
+        raise LaunchError(f"--input_manifest {manifest} lists no URIs; give "
+                          "one URI per line")
     return len(uris), uris[:PARITY_SAMPLE]
 
 
@@ -169,7 +173,8 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
         FileSystems.delete([probe])
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"--output {output} is not writable: "
-                          f"{_one_line(exc)}") from exc
+                          f"{_one_line(exc)}; choose another --output or "
+                          "grant write access") from exc
     return 0 if overwrite else len(finished)
 
 

@@ -105,3 +105,17 @@ def test_local_and_gs_runs_agree(emulator, standin_tf1, tmp_path):
     for name, row in gs_rows.items():
         assert row["top_k_indices"] == local_rows[name]["top_k_indices"]
         assert row["embedding"] == local_rows[name]["embedding"]
+
+
+def test_unreachable_bucket_is_one_clear_line(emulator, standin_tf1,
+                                              tmp_path):
+    result = run_cli(["--input", "gs://no-such-bucket/images/*.jpg",
+                      "--output", str(tmp_path / "out"), "--model",
+                      standin_tf1, "--labels", str(LABELS_FILE)],
+                     env=emulator.env())
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("ERROR")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "gs://no-such-bucket/images/*.jpg" in errors[0]
+    assert not (tmp_path / "out").exists()
