@@ -118,14 +118,20 @@ def run(argv: Sequence[str]) -> int:
     labeling_started = time.time()
     pipeline = beam.Pipeline(options=options)
     job.build(pipeline, args, facts.labels, run_id)
-    reporter = ProgressReporter(facts.total_inputs,
-                                quiet_interval_s=args.progress_interval)
-    reporter.start()
+    reporter = None
+    if _runs_in_this_process(options):
+        reporter = ProgressReporter(facts.total_inputs,
+                                    quiet_interval_s=args.progress_interval)
+        reporter.start()
+    else:
+        _LOGGER.info("progress: see the runner's counters images_read, "
+                     "images_labeled, images_failed_<stage>")
     try:
         result = pipeline.run()
         result.wait_until_finish()
     finally:
-        reporter.stop()
+        if reporter:
+            reporter.stop()
     finished = time.time()
     try:
         labels = top_labels(_finished_label_files(args.output))
@@ -140,6 +146,18 @@ def run(argv: Sequence[str]) -> int:
     if facts.is_standin:
         _standin_banner(args.model)
     return EXIT_OK
+
+
+def _runs_in_this_process(options) -> bool:
+    """Whether the job's DoFns run here, where the progress tally sees them
+    (the local in_memory runner)."""
+    from apache_beam.options.pipeline_options import (  # pylint: disable=import-outside-toplevel
+        DirectOptions, StandardOptions)
+    from pipeline.options import LOCAL_RUNNER  # pylint: disable=import-outside-toplevel
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return runner in (LOCAL_RUNNER, "DirectRunner", "FnApiRunner") and \
+        mode == "in_memory"
 
 
 def _finished_label_files(output: str) -> List[str]:
