@@ -321,7 +321,7 @@ def print_table(f: Dict) -> None:
                  (f"(c) ceiling, {backend}", f"{b['ceiling_ips']:.0f} img/s"),
                  (f"(d) pipeline, {backend}, start-up included",
                   f"{b['pipeline_ips']:.0f} img/s"),
-                 (f"    while labeling / whole process",
+                 ("    while labeling / whole process",
                   f"{b['pipeline_steady_ips']:.0f} / "
                   f"{b['pipeline_process_ips']:.0f} img/s "
                   f"({b['pipeline_wall_s']:.1f} s for {f['n']})"),

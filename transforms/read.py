@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from typing import (Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+from typing import (Iterable, List, NamedTuple, Optional, Sequence,
                     Union)
 
 import apache_beam as beam
