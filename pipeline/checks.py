@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.job import decode_settings
 from transforms.classify import BackendParity, backend_parity
 from transforms.decode import decode_image
+from transforms.errors import one_line
 from transforms.model import (ImageClassifier, ModelLoadError, is_url,
                               load_classifier, resolve_handle)
 from transforms.read import parse_manifest_line, read_file_bytes
@@ -66,7 +67,7 @@ def load_labels(location: str) -> List[str]:
         text = _read_bytes(location).decode("utf-8")
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"cannot read label file {location}: "
-                          f"{_one_line(exc)}; pass --labels PATH") from exc
+                          f"{one_line(exc)}; pass --labels PATH") from exc
     labels = text.splitlines()
     while labels and not labels[-1].strip():
         labels.pop()  # a trailing blank line is not a class
@@ -82,7 +83,7 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
             matched = FileSystems.match([file_pattern])[0].metadata_list
         except Exception as exc:  # pylint: disable=broad-except
             raise LaunchError(f"cannot list --input {file_pattern}: "
-                              f"{_one_line(exc)}; check the bucket name and "
+                              f"{one_line(exc)}; check the bucket name and "
                               "your credentials") from exc
         if not matched:
             raise LaunchError(f"--input {file_pattern} matches no files; check "
@@ -93,7 +94,7 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
         text = _read_bytes(manifest).decode("utf-8", errors="replace")
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"cannot read --input_manifest {manifest}: "
-                          f"{_one_line(exc)}") from exc
+                          f"{one_line(exc)}") from exc
     uris = list(dict.fromkeys(uri for line in text.splitlines()
                               if (uri := parse_manifest_line(line))))
     if not uris:
@@ -125,7 +126,7 @@ def check_backend(args, reference: ImageClassifier, sample: List[str]
                                        args.inference_threads)
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"cannot build the {args.backend} backend: "
-                          f"{_one_line(exc)}; use --backend tf") from exc
+                          f"{one_line(exc)}; use --backend tf") from exc
     parity = backend_parity(reference, candidate, np.stack(pixels))
     _LOGGER.info(
         "backend %s vs tf on %d images: top-1 agreement %.2f%%, max |Δp| "
@@ -173,7 +174,7 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
         FileSystems.delete([probe])
     except Exception as exc:  # pylint: disable=broad-except
         raise LaunchError(f"--output {output} is not writable: "
-                          f"{_one_line(exc)}; choose another --output or "
+                          f"{one_line(exc)}; choose another --output or "
                           "grant write access") from exc
     return 0 if overwrite else len(finished)
 
@@ -192,7 +193,7 @@ def check_model(handle: str, embedding_handle: Optional[str],
         hint = (" (no network? pass --model with a local or gs:// copy)"
                 if is_url(handle) else "")
         raise LaunchError(f"cannot load module {handle}: "
-                          f"{_one_line(exc)}{hint}") from exc
+                          f"{one_line(exc)}{hint}") from exc
     if classifier.num_classes != len(labels):
         raise LaunchError(
             f"label file has {len(labels)} lines but module {handle} has "
@@ -221,7 +222,3 @@ def run_checks(args) -> LaunchFacts:
     standin = is_standin(args.model, args.model_cache_dir)
     return LaunchFacts(total, labels, classifier, standin, parity)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]

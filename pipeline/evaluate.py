@@ -47,7 +47,7 @@ from pipeline.options import (DEFAULT_FORMATS, DEFAULT_LABELS,
                               DEFAULT_MODEL)
 from transforms.decode import DecodeSettings, allowed_formats, decode_image
 from transforms.errors import STAGE_DECODE, STAGE_READ, ErrorRecord, \
-    error_record
+    error_record, one_line
 
 _LOGGER = logging.getLogger("pipeline.evaluate")
 
@@ -370,11 +370,8 @@ def _read_text(location: str, what: str) -> str:
             return handle.read().decode("utf-8")
     except Exception as exc:  # pylint: disable=broad-except
         raise EvaluateError(f"cannot read {what} {location}: "
-                            f"{_one_line(exc)}") from exc
+                            f"{one_line(exc)}") from exc
 
-
-def _one_line(exc: BaseException) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
 
 
 def load_examples(input_: str, synsets: Optional[Dict[str, int]]
@@ -389,7 +386,7 @@ def load_examples(input_: str, synsets: Optional[Dict[str, int]]
         matched = FileSystems.match([input_])[0].metadata_list
     except Exception as exc:  # pylint: disable=broad-except
         raise EvaluateError(f"cannot list --input {input_}: "
-                            f"{_one_line(exc)}") from exc
+                            f"{one_line(exc)}") from exc
     if not matched:
         raise EvaluateError(f"--input {input_} matches no files")
     return examples_from_uris(sorted(m.path for m in matched), synsets)

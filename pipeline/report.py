@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.options import (DEFAULT_FORMATS, DEFAULT_MAX_FILE_BYTES,
                               DEFAULT_MAX_PIXELS)
+from transforms.errors import one_line
 
 _LOGGER = logging.getLogger("pipeline.report")
 
@@ -91,7 +92,7 @@ def _read_rows(path: str, columns: Sequence[str]) -> List[Dict[str, object]]:
                               .UNCOMPRESSED) as handle:
             table = pq.read_table(handle, columns=list(columns))
     except Exception as exc:  # pylint: disable=broad-except
-        raise ReportError(f"cannot read {path}: {_one_line(exc)}") from exc
+        raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
     return table.to_pylist()
 
 
@@ -197,8 +198,8 @@ def _thumbnail_or_reason(uri: str, read: Callable[[str, int], bytes]
     try:
         return make_thumbnail(read(uri, DEFAULT_MAX_FILE_BYTES)), ""
     except Exception as exc:  # pylint: disable=broad-except
-        _LOGGER.warning("no thumbnail for %s: %s", uri, _one_line(exc))
-        return None, f"{type(exc).__name__}: {_one_line(exc)}"
+        _LOGGER.warning("no thumbnail for %s: %s", uri, one_line(exc))
+        return None, f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def make_thumbnails(uris: Sequence[str],
@@ -511,9 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
-
 
 def main(argv: Sequence[str]) -> int:
     """`python -m pipeline report ...`; returns the exit status."""
@@ -533,7 +531,7 @@ def main(argv: Sequence[str]) -> int:
             write_text(target, page)
         except Exception as exc:  # pylint: disable=broad-except
             raise ReportError(f"cannot write {target}: "
-                              f"{_one_line(exc)}") from exc
+                              f"{one_line(exc)}") from exc
     except ReportError as exc:
         if verbose:
             _LOGGER.exception("report failed")

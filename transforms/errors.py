@@ -56,6 +56,13 @@ class ImageError(Exception):
         self.error_type = error_type
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, never empty, at most `limit`
+    characters: what error rows and one-line CLI errors show."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def error_record(uri: str, stage: str, exc: BaseException) -> ErrorRecord:
     """Turn an exception raised while handling `uri` into an ErrorRecord.
 
@@ -63,8 +70,6 @@ def error_record(uri: str, stage: str, exc: BaseException) -> ErrorRecord:
     where they are written, see transforms/write.py).
     """
     error_type = getattr(exc, "error_type", None) or type(exc).__name__
-    message = redact(" ".join(str(exc).split())) or error_type  # one line
-    if len(message) > _MAX_MESSAGE_CHARS:
-        message = message[:_MAX_MESSAGE_CHARS - 3] + "..."
+    message = redact(one_line(exc, _MAX_MESSAGE_CHARS))
     return ErrorRecord(uri=uri, stage=stage, error_type=error_type,
                        message=message)
