@@ -6,6 +6,7 @@ to do about it.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import urllib.request
@@ -103,12 +104,28 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
     return len(uris), uris[:PARITY_SAMPLE]
 
 
-def check_backend(args, reference: ImageClassifier, sample: List[str]
+def check_backend(args, candidate: ImageClassifier, sample: List[str]
                   ) -> Optional[BackendParity]:
     """Parity gate for a non-default backend, on the job's own first images:
-    top-1 agreement with TF ≥ 99.5% and max |Δ probability| ≤ 1e-3."""
+    top-1 agreement with TF ≥ 99.5% and max |Δ probability| ≤ 1e-3.
+
+    Each converted model is gated by the first launch that uses it, and the
+    result is kept beside it in the cache; later launches reuse it (and do
+    not load TensorFlow at all) unless --recheck_parity."""
     if args.backend == "tf":
         return None
+    conversion = candidate.conversion
+    recorded = conversion.parity if conversion else None
+    if recorded and not args.recheck_parity:
+        parity = BackendParity(*(recorded[f] for f in BackendParity._fields))
+        _LOGGER.info(
+            "backend %s: this conversion passed the parity gate against tf "
+            "on %s (%d images: top-1 agreement %.2f%%, max |Δp| %.2e, max "
+            "|Δembedding| %.2e); --recheck_parity runs it on this job's "
+            "images", args.backend, recorded.get("checked_at", "?"),
+            parity.images, 100 * parity.top1_agreement,
+            parity.max_prob_delta, parity.max_embedding_delta)
+        return parity
     settings = decode_settings(args)
     pixels = []
     for uri in sample:
@@ -120,13 +137,8 @@ def check_backend(args, reference: ImageClassifier, sample: List[str]
     if not pixels:
         raise LaunchError(f"cannot check the {args.backend} backend: none "
                           f"of the first {len(sample)} inputs decodes")
-    try:
-        candidate, _ = load_classifier(args.model, args.embedding_model,
-                                       args.model_cache_dir, args.backend,
-                                       args.inference_threads)
-    except Exception as exc:  # pylint: disable=broad-except
-        raise LaunchError(f"cannot build the {args.backend} backend: "
-                          f"{one_line(exc)}; use --backend tf") from exc
+    reference = check_model(args.model, args.embedding_model, None,
+                            args.model_cache_dir)
     parity = backend_parity(reference, candidate, np.stack(pixels))
     _LOGGER.info(
         "backend %s vs tf on %d images: top-1 agreement %.2f%%, max |Δp| "
@@ -138,6 +150,10 @@ def check_backend(args, reference: ImageClassifier, sample: List[str]
             f"backend {args.backend} fails the parity gate against tf "
             f"(top-1 agreement {100 * parity.top1_agreement:.1f}% < 99.5% or "
             f"max |Δp| {parity.max_prob_delta:.1e} > 1e-3); use --backend tf")
+    if conversion:
+        conversion.record_parity({**parity._asdict(), "checked_at": datetime
+                                  .datetime.now(datetime.timezone.utc)
+                                  .isoformat(timespec="seconds")})
     return parity
 
 
@@ -180,21 +196,24 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
 
 
 def check_model(handle: str, embedding_handle: Optional[str],
-                labels: List[str], cache_dir: Optional[str]
+                labels: Optional[List[str]], cache_dir: Optional[str],
+                backend: str = "tf", threads: Optional[int] = None
                 ) -> ImageClassifier:
-    """Load the module (in this process; local runs reuse it) and check its
-    classes against the label file."""
+    """Load the module for `backend` (in this process; local runs reuse it)
+    and check its classes against the label file (unless labels is None)."""
     try:
-        classifier, _ = load_classifier(handle, embedding_handle, cache_dir)
+        classifier, _ = load_classifier(handle, embedding_handle, cache_dir,
+                                        backend, threads)
     except ModelLoadError as exc:
         raise LaunchError(f"{exc}; pass --model with a readable module "
                           "(a local or gs:// directory)") from exc
     except Exception as exc:  # pylint: disable=broad-except
         hint = (" (no network? pass --model with a local or gs:// copy)"
-                if is_url(handle) else "")
-        raise LaunchError(f"cannot load module {handle}: "
-                          f"{one_line(exc)}{hint}") from exc
-    if classifier.num_classes != len(labels):
+                if is_url(handle) else
+                "; use --backend tf" if backend != "tf" else "")
+        raise LaunchError(f"cannot load module {handle} for the {backend} "
+                          f"backend: {one_line(exc)}{hint}") from exc
+    if labels is not None and classifier.num_classes != len(labels):
         raise LaunchError(
             f"label file has {len(labels)} lines but module {handle} has "
             f"{classifier.num_classes} classes; pass the module's label file "
@@ -217,7 +236,8 @@ def run_checks(args) -> LaunchFacts:
     check_output(args.output, args.overwrite, args.resume)
     labels = load_labels(args.labels)
     classifier = check_model(args.model, args.embedding_model, labels,
-                             args.model_cache_dir)
+                             args.model_cache_dir, args.backend,
+                             args.inference_threads)
     parity = check_backend(args, classifier, sample)
     standin = is_standin(args.model, args.model_cache_dir)
     return LaunchFacts(total, labels, classifier, standin, parity)

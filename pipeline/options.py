@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "converted to TFLite with XNNPACK, ~3-4x faster on CPU; must pass "
         "a parity gate against tf at launch)")
     model_group.add_argument(
+        "--recheck_parity", action="store_true",
+        help="run the xnnpack parity gate on this job's images even if the "
+        "cached conversion already passed it (then TensorFlow is loaded)")
+    model_group.add_argument(
         "--inference_threads", type=_positive_int, default=None,
         help="threads of the xnnpack backend's interpreter (default: the "
         "usable cores)")

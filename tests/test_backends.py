@@ -2,6 +2,9 @@
 overlaps decoding with inference."""
 from __future__ import annotations
 
+import json
+import re
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from tests.conftest import (LABELS_FILE, PHOTOS_DIR, photo_paths,
                             read_parquet_dir, run_cli)
 from transforms.classify import BackendParity, backend_parity
 from transforms.decode import DecodeSettings, decode_image
-from transforms.model import load_classifier
+from transforms.model import Conversion, load_classifier
 from transforms.threaded import ThreadedDoFn
 
 SETTINGS = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
@@ -48,6 +51,24 @@ def test_xnnpack_passes_the_parity_gate_on_the_150_photos(
     assert list(tmp_path.glob("xnnpack-*.tflite"))
 
 
+def test_recorded_gate_result_applies_only_to_its_file(standin_dirs,
+                                                      tmp_path):
+    """A gate result is tied to the converted file's hash: a changed file
+    must be gated again."""
+    candidate, _ = load_classifier(standin_dirs["tf1"], None, str(tmp_path),
+                                   "xnnpack")
+    conversion = candidate.conversion
+    assert conversion is not None and conversion.parity is None
+    conversion.record_parity({"images": 64, "top1_agreement": 1.0})
+    base = conversion.model_path[:-len(".tflite")]
+    assert Conversion(base).parity["images"] == 64
+    record = json.loads(open(base + ".json").read())
+    assert record["parity"]["tflite_sha256"] == conversion.sha256
+    with open(conversion.model_path, "ab") as handle:
+        handle.write(b"\0")  # a different file under the same name
+    assert Conversion(base).parity is None
+
+
 def test_parity_gate_rejects_a_different_model(standin_dirs, all_photos):
     """A backend whose answers differ must fail the gate."""
     reference, _ = load_classifier(standin_dirs["tf1"])
@@ -62,15 +83,40 @@ def test_parity_gate_rejects_a_different_model(standin_dirs, all_photos):
     assert not BackendParity(100, 1.0, 2e-3, 0).passes()
 
 
+def _imported_tensorflow(stderr: str) -> bool:
+    """From `python -X importtime` output: was TensorFlow imported?"""
+    return bool(re.search(r"\|\s+tensorflow$", stderr, re.MULTILINE))
+
+
 def test_pipeline_with_xnnpack_backend(standin_tf1, tmp_path):
+    def label(output, *extra):
+        result = run_cli([
+            "--input", str(PHOTOS_DIR / "n01*.JPEG"), "--output",
+            str(output), "--model", standin_tf1, "--labels", str(LABELS_FILE),
+            "--backend", "xnnpack", "--model_cache_dir",
+            str(tmp_path / "cache"), *extra],
+            env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
     output = tmp_path / "out"
-    result = run_cli([
-        "--input", str(PHOTOS_DIR / "n01*.JPEG"), "--output", str(output),
-        "--model", standin_tf1, "--labels", str(LABELS_FILE),
-        "--backend", "xnnpack", "--model_cache_dir", str(tmp_path / "cache"),
-        "--direct_running_mode", "in_memory"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "backend xnnpack vs tf on" in result.stderr  # gate ran, logged
+    first = label(output)
+    # First launch: converts, runs the gate against TF, records it.
+    assert "backend xnnpack vs tf on" in first.stderr
+    assert _imported_tensorflow(first.stderr)
+    # Later launches reuse the gated conversion without loading TF at all,
+    # and label identically.
+    second = label(tmp_path / "out2")
+    assert "backend xnnpack vs tf on" not in second.stderr
+    assert "passed the parity gate against tf on" in second.stderr
+    assert not _imported_tensorflow(second.stderr)
+    assert read_parquet_dir(str(tmp_path / "out2"), "labels").sort_by("uri") \
+        .select(["uri", "top_k_indices", "embedding"]).equals(
+            read_parquet_dir(str(output), "labels").sort_by("uri")
+            .select(["uri", "top_k_indices", "embedding"]))
+    # --recheck_parity runs the gate on this job's images again.
+    third = label(tmp_path / "out3", "--recheck_parity")
+    assert "backend xnnpack vs tf on" in third.stderr
     rows = read_parquet_dir(str(output), "labels").to_pylist()
     assert rows and {r["backend"] for r in rows} == {"xnnpack"}
     reference, _ = load_classifier(standin_tf1)

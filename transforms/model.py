@@ -128,7 +128,8 @@ class ImageClassifier:
 
     def __init__(self, handle: str, fn: Callable, num_classes: int,
                  embedding_dim: Optional[int], kind: str,
-                 backend: str = "tf", concrete_fn=None, trackables=()):
+                 backend: str = "tf", concrete_fn=None, trackables=(),
+                 conversion: Optional["Conversion"] = None):
         self.handle = handle
         self._fn = fn
         self.num_classes = num_classes
@@ -137,6 +138,7 @@ class ImageClassifier:
         self.backend = backend
         self.concrete_fn = concrete_fn
         self.trackables = trackables  # keep the loaded modules alive
+        self.conversion = conversion  # converted backends: the cached file
 
     def __call__(self, images: np.ndarray
                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -324,6 +326,40 @@ def convert_to_tflite(classifier: ImageClassifier) -> bytes:
     return converter.convert()
 
 
+class Conversion:
+    """A converted model in the cache, with its record: the module's kind
+    and, once a launch has checked it, the parity gate's result.
+
+    The record names the converted file's hash, so a gate result never
+    applies to a different file."""
+
+    def __init__(self, base: str):
+        self.model_path = base + ".tflite"
+        self._record_path = base + ".json"
+        with open(self.model_path, "rb") as handle:
+            self.sha256 = hashlib.sha256(handle.read()).hexdigest()
+        with open(self._record_path, encoding="utf-8") as handle:
+            self._record = json.load(handle)
+
+    @property
+    def kind(self) -> str:
+        return self._record["kind"]
+
+    @property
+    def parity(self) -> Optional[dict]:
+        """The recorded gate result for this file, or None."""
+        parity = self._record.get("parity")
+        if parity and parity.get("tflite_sha256") == self.sha256:
+            return parity
+        return None
+
+    def record_parity(self, result: dict) -> None:
+        """Keep a passed gate result beside the converted file."""
+        self._record["parity"] = {**result, "tflite_sha256": self.sha256}
+        _write_atomically(self._record_path,
+                          json.dumps(self._record, indent=1).encode())
+
+
 def _load_xnnpack(handle: str, embedding_handle: Optional[str],
                   cache_dir: Optional[str], threads: int) -> ImageClassifier:
     """TFLite + XNNPACK, converted from the TF module once per machine: the
@@ -341,10 +377,9 @@ def _load_xnnpack(handle: str, embedding_handle: Optional[str],
         _write_atomically(base + ".tflite", convert_to_tflite(reference))
         _write_atomically(base + ".json", json.dumps(
             {"kind": reference.kind}).encode())
-    with open(base + ".json", encoding="utf-8") as handle_json:
-        kind = json.load(handle_json)["kind"]
-    return _probe(handle, _TfliteRunner(base + ".tflite", threads), kind,
-                  backend="xnnpack")
+    conversion = Conversion(base)
+    return _probe(handle, _TfliteRunner(conversion.model_path, threads),
+                  conversion.kind, backend="xnnpack", conversion=conversion)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
