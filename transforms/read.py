@@ -8,7 +8,9 @@ from here to the output.
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
 from typing import (Iterable, List, NamedTuple, Optional, Sequence,
                     Union)
 
@@ -92,6 +94,14 @@ def _is_transient(exc: BaseException) -> bool:
     return getattr(exc, "code", None) not in _PERMANENT_HTTP_CODES
 
 
+def _local_size(handle) -> Optional[int]:
+    """The size of an open local file; None for other filesystems."""
+    try:
+        return os.fstat(handle.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 @retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5,
                                 retry_filter=_is_transient)
 def read_file_bytes(uri: str, max_bytes: int) -> bytes:
@@ -104,7 +114,15 @@ def read_file_bytes(uri: str, max_bytes: int) -> bytes:
     # UNCOMPRESSED: an image named *.gz must not be inflated on the way in.
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED
                           ) as handle:
-        data = handle.read(max_bytes + 1)
+        size = _local_size(handle)
+        if size is None or size >= max_bytes:
+            data = handle.read(max_bytes + 1)
+        else:
+            # Sized to the file: read(max_bytes + 1) would first allocate
+            # the whole limit (64 MiB) for every image and then shrink it.
+            data = handle.read(size + 1)
+            if len(data) > size:  # it grew while we read: up to the limit
+                data += handle.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:
         raise ImageError("FileTooLarge",
                          f"file is larger than the limit of {max_bytes} bytes")

@@ -30,7 +30,7 @@ errors-*.parquet, one row per image that could not be labeled:
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pyarrow as pa
 
@@ -65,6 +65,23 @@ ERRORS_SCHEMA = pa.schema([
     pa.field("message", pa.string()),
     pa.field("failed_at", _TIMESTAMP),
 ])
+
+
+def dictionary_columns(schema: pa.Schema) -> List[str]:
+    """Parquet column paths worth dictionary-encoding: the repetitive
+    strings. Dictionary-encoding floats (scores, 1280-d embeddings) only
+    costs CPU, and unique strings (uri, message) gain nothing."""
+    unique = {"uri", "message"}
+    columns = []
+    for field in schema:
+        if field.name in unique:
+            continue
+        if pa.types.is_string(field.type):
+            columns.append(field.name)
+        elif pa.types.is_list(field.type) and \
+                pa.types.is_string(field.type.value_type):
+            columns.append(f"{field.name}.list.element")
+    return columns
 
 
 def utc_now() -> datetime.datetime:

@@ -33,7 +33,8 @@ from apache_beam.utils import retry
 from transforms import tally
 from transforms.errors import METRICS_NAMESPACE, ErrorRecord
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
-                               LABELS_SCHEMA, PARQUET_SUFFIX, error_row)
+                               LABELS_SCHEMA, PARQUET_SUFFIX,
+                               dictionary_columns, error_row)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def _commit(table: pa.Table, temporary: str, final: str) -> None:
     so a retry after a half-done rename is safe."""
     if not FileSystems.exists(temporary) or not FileSystems.exists(final):
         with FileSystems.create(temporary) as handle:
-            pq.write_table(table, handle, compression="snappy")
+            pq.write_table(table, handle, compression="snappy",
+                           use_dictionary=dictionary_columns(table.schema))
     if FileSystems.exists(final):
         FileSystems.delete([final])  # same chunk written again: replace
     FileSystems.rename([temporary], [final])
