@@ -18,7 +18,7 @@ is stored: cases are generated where they are decoded.
 Each case goes through `transforms.decode.DecodeImages` as a runner drives
 it (setup once; start_bundle, process, finish_bundle per case), with the
 job's default DecodeSettings, and must end as exactly one of
-  * a DecodedImage whose pixels are float32 (96, 96, 3), finite, in [0, 1];
+  * a DecodedBatch of one image, float32 (1, 96, 96, 3), finite, in [0, 1];
   * a TaggedOutput(ERRORS_TAG, ErrorRecord) with stage "decode", the
     case's uri, and a non-empty error_type and message.
 
@@ -574,11 +574,11 @@ class CaseResult:
 
 
 def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
-    """DecodeImages.process's outputs for one element →
+    """DecodeImages.process's outputs for a batch of one image →
     (outcome, error_type, message)."""
     # pylint: disable=import-outside-toplevel
     import apache_beam as beam
-    from transforms.decode import IMAGE_SIZE, DecodedImage
+    from transforms.decode import IMAGE_SIZE, DecodedBatch
     from transforms.errors import ERRORS_TAG, STAGE_DECODE, ErrorRecord
     if len(outputs) != 1:
         return OUTCOME_INVALID, "", f"{len(outputs)} outputs, expected 1"
@@ -601,14 +601,16 @@ def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
             return OUTCOME_INVALID, str(record.error_type), \
                 "error record with " + ", ".join(problems)
         return OUTCOME_ERROR, record.error_type, record.message
-    if not isinstance(out, DecodedImage):
+    if not isinstance(out, DecodedBatch):
         return OUTCOME_INVALID, "", f"main output is {type(out).__name__}"
+    if len(out) != 1:
+        return OUTCOME_INVALID, "", f"{len(out)} images, expected 1"
     pixels = out.pixels
     problems = []
     if not isinstance(pixels, np.ndarray):
         problems.append(f"pixels are {type(pixels).__name__}")
     else:
-        if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        if pixels.shape != (1, IMAGE_SIZE, IMAGE_SIZE, 3):
             problems.append(f"shape {pixels.shape}")
         if pixels.dtype != np.float32:
             problems.append(f"dtype {pixels.dtype}")
@@ -616,11 +618,11 @@ def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
             problems.append("non-finite values")
         elif pixels.size and (pixels.min() < 0 or pixels.max() > 1):
             problems.append(f"values in [{pixels.min()}, {pixels.max()}]")
-    if out.uri != uri:
-        problems.append(f"uri {out.uri!r}")
-    if not (isinstance(out.width, int) and isinstance(out.height, int)
-            and out.width > 0 and out.height > 0):
-        problems.append(f"size {out.width!r}x{out.height!r}")
+    if out.uris != (uri,):
+        problems.append(f"uris {out.uris!r}")
+    if not (out.widths.shape == out.heights.shape == (1,)
+            and out.widths[0] > 0 and out.heights[0] > 0):
+        problems.append(f"size {out.widths!r}x{out.heights!r}")
     if problems:
         return OUTCOME_INVALID, "", "tensor with " + ", ".join(problems)
     return OUTCOME_TENSOR, "", ""
@@ -683,7 +685,7 @@ def _worker_main(conn, photos: List[SeedFile], edges: List[SeedFile],
                 time.sleep(3600)
             started = time.perf_counter()
             try:
-                outputs = run_dofn(dofn, ImageBytes(case.uri, case.data))
+                outputs = run_dofn(dofn, [ImageBytes(case.uri, case.data)])
                 outcome, error_type, message = check_outputs(outputs,
                                                              case.uri)
             except BaseException as exc:  # pylint: disable=broad-except

@@ -6,6 +6,7 @@ traceback only with --verbose.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -126,6 +127,9 @@ def run(argv: Sequence[str]) -> int:
     else:
         _LOGGER.info("progress: see the runner's counters images_read, "
                      "images_labeled, images_failed_<stage>")
+    # Everything loaded so far (Beam, the module, pyarrow) lives as long as
+    # the job: keep the cyclic collector from re-scanning it while labeling.
+    gc.freeze()
     try:
         result = pipeline.run()
         result.wait_until_finish()

@@ -1,7 +1,7 @@
 """Assembling the labeling job from the steps in transforms/:
 
-    uri → bytes → decoded 96×96 tensor | error → batch → logits + embedding
-        → row → Parquet
+    uri → bytes → batch → decoded 96×96 tensors | errors → logits +
+        embeddings → rows → Parquet
 
 Errors from every step are flattened into one errors output.
 """
@@ -55,16 +55,16 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
         allowed_schemes=input_schemes(args), exclude_outputs=exclude,
         threads=args.read_threads or (
             1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS))
-    # Decoded images in flight: two batches, so decoding goes on while the
-    # bundle thread runs inference on one.
+    # Batches in flight: one per decode thread and one more, so decoding
+    # goes on while the bundle thread runs inference on a finished one.
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         decode_settings(args), args.decode_threads,
-        max_in_flight=2 * args.max_batch_size)
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        batches_in_flight=args.decode_threads + 1)
     handler = HubClassifierHandler(
         args.model, labels, top_k=args.top_k,
         embedding_model=args.embedding_model,
-        min_batch_size=args.min_batch_size,
-        max_batch_size=args.max_batch_size,
         model_cache_dir=args.model_cache_dir, backend=args.backend,
         inference_threads=args.inference_threads)
     classified = decoded["images"] | "Classify" >> Classify(handler)

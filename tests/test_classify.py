@@ -7,9 +7,11 @@ import pytest
 
 from tests.conftest import LABELS_FILE, photo_paths
 from transforms import model as model_lib
-from transforms.classify import (Classification, HubClassifierHandler,
+from transforms.classify import (Classifications, HubClassifierHandler,
                                  classify_batch, softmax, top_k)
-from transforms.decode import DecodedImage, DecodeSettings, decode_image
+from transforms.decode import DecodedBatch, DecodeSettings, decode_image
+from transforms.rows import label_batch
+from transforms.schema import LABELS_SCHEMA
 
 SETTINGS = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
 
@@ -95,30 +97,48 @@ def test_classify_batch_rows(standin_tf1, photo_batch, labels):
                              np.asarray(labels, dtype=object), 5)
     logits, embedding = classifier(photo_batch)
     probs = softmax(logits)
-    for i, result in enumerate(results):
-        assert isinstance(result, Classification)
+    assert isinstance(results, Classifications)
+    assert results.top_k_indices.shape == results.top_k_scores.shape == \
+        (len(photo_batch), 5)
+    for i in range(len(photo_batch)):
         best = int(np.argmax(probs[i]))
-        assert result.top_k_indices[0] == best
-        assert result.top_k_labels[0] == labels[best]
-        assert abs(result.top_k_scores[0] - probs[i, best]) <= 1e-6
-        assert len(result.top_k_indices) == 5
-        assert np.array_equal(result.embedding, embedding[i])
+        assert results.top_k_indices[i, 0] == best
+        assert results.top_k_labels[i, 0] == labels[best]
+        assert abs(results.top_k_scores[i, 0] - probs[i, best]) <= 1e-6
+        assert np.all(np.diff(results.top_k_scores[i]) <= 0)
+    assert np.array_equal(results.embeddings, embedding)
 
 
-def test_handler_runs_a_batch_and_checks_labels(standin_tf1, photo_batch,
-                                                labels):
-    handler = HubClassifierHandler(standin_tf1, labels, top_k=3,
-                                   min_batch_size=2, max_batch_size=8)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 2,
-                                               "max_batch_size": 8}
+def test_handler_runs_decoded_batches_and_checks_labels(
+        standin_tf1, photo_batch, labels):
+    handler = HubClassifierHandler(standin_tf1, labels, top_k=3)
+    # Images arrive batched (by DecodeAndPreprocess): one per model call.
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1,
+                                               "max_batch_size": 1}
     model = handler.load_model()
-    batch = [DecodedImage(f"uri{i}", photo_batch[i], 500, 375, "JPEG")
-             for i in range(4)]
-    results = list(handler.run_inference(batch, model))
-    assert [r.example.uri for r in results] == ["uri0", "uri1", "uri2",
-                                                "uri3"]
-    assert all(len(r.inference.top_k_labels) == 3 for r in results)
-    assert handler.get_num_bytes(batch) == 4 * 96 * 96 * 3 * 4
+    images = DecodedBatch(tuple(f"uri{i}" for i in range(4)), photo_batch[:4],
+                          np.full(4, 500, np.int32), np.full(4, 375, np.int32),
+                          ("JPEG",) * 4)
+    [result] = handler.run_inference([images], model)
+    assert result.example is images
+    assert result.inference.top_k_labels.shape == (4, 3)
+    assert handler.get_num_bytes([images]) == 4 * 96 * 96 * 3 * 4
+
+    # The batch's rows, as written to Parquet: one per image, columns from
+    # the batch's arrays.
+    rows = label_batch(result, "tf")
+    assert rows.schema == LABELS_SCHEMA and rows.num_rows == 4
+    logits, embedding = model(photo_batch[:4])
+    for i, row in enumerate(rows.to_pylist()):
+        best = int(np.argmax(logits[i]))
+        assert row["uri"] == f"uri{i}" and row["label"] == labels[best]
+        assert row["top_k_indices"][0] == best
+        assert row["top_k_labels"] == list(result.inference.top_k_labels[i])
+        assert (row["width"], row["height"], row["format"]) == \
+            (500, 375, "JPEG")
+        assert row["model"] == standin_tf1 and row["backend"] == "tf"
+        assert np.allclose(row["embedding"], embedding[i], atol=1e-5)
+        assert row["labeled_at"] == result.inference.labeled_at
     wrong = HubClassifierHandler(standin_tf1, labels[:1000])
     with pytest.raises(ValueError, match="1001 classes"):
         wrong.load_model()

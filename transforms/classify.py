@@ -1,10 +1,12 @@
 """Step 3: batches of decoded images → logits + embedding → top-k labels.
 
-`HubClassifierHandler` is a RunInference `ModelHandler`: RunInference batches
-the elements (Beam's BatchElements, sized by the handler's min/max batch
-size) and loads the module once per worker process through Beam's `Shared`,
-so every thread of a worker uses the same copy. Beam's own TFModelHandler*
-cannot load TF1 Hub format modules; loading lives in transforms/model.py.
+`HubClassifierHandler` is a RunInference `ModelHandler`. Its elements are
+DecodedBatches (images are batched before decoding, in transforms/decode.py,
+so that they are decoded straight into the array the model takes).
+RunInference loads the module once per worker process through Beam's
+`Shared`, so every thread of a worker uses the same copy. Beam's own
+TFModelHandler* cannot load TF1 Hub format modules; loading lives in
+transforms/model.py.
 
 Per batch, one forward pass gives both logits and embeddings; softmax, top-k
 and the label lookup are vectorised over the batch, so nothing per image
@@ -24,7 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
                                            RunInference)
 
-from transforms.decode import DecodedImage
+from transforms.decode import DecodedBatch
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_CLASSIFY,
                                error_record, redact)
 from transforms.model import ImageClassifier, load_classifier
@@ -36,13 +38,13 @@ _LOGGER = logging.getLogger(__name__)
 _UNREPORTED_LOADS: list = []
 
 
-class Classification(NamedTuple):
-    """The model's answer for one image."""
-    top_k_indices: np.ndarray        # int32 [k], best first
-    top_k_labels: Tuple[str, ...]
-    top_k_scores: np.ndarray         # float32 [k], softmax probabilities
-    embedding: Optional[np.ndarray]  # float32 [1280], or None
-    labeled_at: datetime.datetime    # when its batch was classified (UTC)
+class Classifications(NamedTuple):
+    """The model's answers for a batch of images, one row per image."""
+    top_k_indices: np.ndarray        # int32 [n, k], best first
+    top_k_labels: np.ndarray         # str (object) [n, k]
+    top_k_scores: np.ndarray         # float32 [n, k], softmax probabilities
+    embeddings: Optional[np.ndarray]  # float32 [n, 1280], or None
+    labeled_at: datetime.datetime    # when the batch was classified (UTC)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -65,20 +67,13 @@ def top_k(probabilities: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def classify_batch(classifier: ImageClassifier, pixels: np.ndarray,
-                   labels: np.ndarray, k: int) -> list:
-    """[B, 96, 96, 3] float32 → B Classifications (one forward pass)."""
+                   labels: np.ndarray, k: int) -> Classifications:
+    """[n, 96, 96, 3] float32 → Classifications (one forward pass)."""
     logits, embeddings = classifier(pixels)
     probabilities = softmax(logits.astype(np.float32))
     indices, scores = top_k(probabilities, k)
-    names = labels[indices]  # vectorised label lookup, [B, k]
-    scores = scores.astype(np.float32)
-    labeled_at = utc_now()
-    return [
-        Classification(indices[i], tuple(names[i]), scores[i],
-                       None if embeddings is None else embeddings[i],
-                       labeled_at)
-        for i in range(len(indices))
-    ]
+    return Classifications(indices, labels[indices],  # vectorised lookup
+                           scores.astype(np.float32), embeddings, utc_now())
 
 
 class BackendParity(NamedTuple):
@@ -113,21 +108,23 @@ def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
                          prob_delta, embedding_delta)
 
 
-class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
+class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
                                         ImageClassifier]):
     """RunInference handler for the TF-Hub MobileNet V2 classifier.
 
-    Takes DecodedImages and yields PredictionResult(example=DecodedImage,
-    inference=Classification, model_id=handle).
+    Its examples are whole DecodedBatches (batched before decoding, see
+    transforms/decode.py), so RunInference passes them one at a time and
+    each model call takes one ready-made array. Yields
+    PredictionResult(example=DecodedBatch, inference=Classifications,
+    model_id=handle).
     """
 
     def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
                  embedding_model: Optional[str] = None,
-                 min_batch_size: int = 16, max_batch_size: int = 64,
                  model_cache_dir: Optional[str] = None, backend: str = "tf",
                  inference_threads: Optional[int] = None):
-        super().__init__(min_batch_size=min_batch_size,
-                         max_batch_size=max_batch_size)
+        # One DecodedBatch per model call: the images are batched already.
+        super().__init__(min_batch_size=1, max_batch_size=1)
         self._model = model
         self._model_id = redact(model)  # as written to Parquet and logs
         self._embedding_model = embedding_model
@@ -156,38 +153,37 @@ class HubClassifierHandler(ModelHandler[DecodedImage, PredictionResult,
                 f"file has {len(self._labels)} lines")
         return classifier
 
-    def run_inference(self, batch: Sequence[DecodedImage],
+    def run_inference(self, batch: Sequence[DecodedBatch],
                       model: ImageClassifier,
                       inference_args: Optional[Dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
         while _UNREPORTED_LOADS:
             _UNREPORTED_LOADS.pop()
             Metrics.counter(METRICS_NAMESPACE, "module_loads").inc()
-        pixels = np.stack([image.pixels for image in batch])
-        results = classify_batch(model, pixels, self._label_array,
-                                 self._top_k)
-        return [PredictionResult(image, result, self._model_id)
-                for image, result in zip(batch, results)]
+        return [PredictionResult(images, classify_batch(
+            model, images.pixels, self._label_array, self._top_k),
+            self._model_id) for images in batch]
 
-    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+    def get_num_bytes(self, batch: Sequence[DecodedBatch]) -> int:
         # The default pickles the whole batch just to measure it.
-        return sum(image.pixels.nbytes for image in batch)
+        return sum(images.pixels.nbytes for images in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
 
-def _failed_batch_errors(failed: Tuple[Sequence[DecodedImage], BaseException]
+def _failed_batch_errors(failed: Tuple[Sequence[DecodedBatch], BaseException]
                          ) -> Iterable:
     """RunInference's dead letter (batch, exception) → one ErrorRecord per
     image, so a failed batch loses nothing."""
     batch, exc = failed
-    for image in batch:
-        yield error_record(image.uri, STAGE_CLASSIFY, exc)
+    for images in batch:
+        for uri in images.uris:
+            yield error_record(uri, STAGE_CLASSIFY, exc)
 
 
 class Classify(beam.PTransform):
-    """PCollection[DecodedImage] →
+    """PCollection[DecodedBatch] →
     {"results": PredictionResult, ERRORS_TAG: ErrorRecord}."""
 
     def __init__(self, handler: HubClassifierHandler):

@@ -48,15 +48,15 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import List, NamedTuple, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
 import simplejpeg
 from PIL import Image
 
-from transforms.errors import (ERRORS_TAG, STAGE_DECODE, ImageError,
-                               error_record)
+from transforms.errors import (ERRORS_TAG, STAGE_DECODE, ErrorRecord,
+                               ImageError, error_record)
 from transforms.read import ImageBytes
 from transforms.threaded import ThreadedDoFn
 
@@ -107,13 +107,17 @@ class DecodeSettings:
     fast_jpeg: bool = False  # JPEG DCT-scaled decoding: faster, not reference-exact
 
 
-class DecodedImage(NamedTuple):
-    """A preprocessed image ready for the model, with its original facts."""
-    uri: str
-    pixels: np.ndarray  # float32 [96, 96, 3], RGB in [0, 1]
-    width: int          # upright (after EXIF orientation), before cropping
-    height: int
-    format: str         # Pillow's format name, e.g. "JPEG"
+class DecodedBatch(NamedTuple):
+    """Preprocessed images ready for the model, one row per image, with the
+    facts of the original files."""
+    uris: Tuple[str, ...]
+    pixels: np.ndarray     # float32 [n, 96, 96, 3], RGB in [0, 1]
+    widths: np.ndarray     # int32 [n], upright (after EXIF orientation),
+    heights: np.ndarray    # int32 [n]  before cropping
+    formats: Tuple[str, ...]  # Pillow's format names, e.g. "JPEG"
+
+    def __len__(self) -> int:  # images, not fields
+        return len(self.uris)
 
 
 # ---------------------------------------------------------------------------
@@ -400,10 +404,40 @@ def decode_image(data: bytes, settings: DecodeSettings,
 # Beam
 # ---------------------------------------------------------------------------
 
+def decode_batch(batch: Sequence[ImageBytes], settings: DecodeSettings,
+                 size: int = IMAGE_SIZE
+                 ) -> Tuple[Optional[DecodedBatch], List[ErrorRecord]]:
+    """Decode a batch of files into one array, ready for the model.
+
+    Returns the decoded images (None if none decoded) and an ErrorRecord
+    (stage "decode") for each file that did not: any exception while
+    decoding is about that one file.
+    """
+    pixels = np.empty((len(batch), size, size, 3), np.float32)
+    uris, widths, heights, formats, errors = [], [], [], [], []
+    for image in batch:
+        try:
+            pixels[len(uris)], width, height, fmt = decode_image(
+                image.data, settings, size)
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(error_record(image.uri, STAGE_DECODE, exc))
+            continue
+        uris.append(image.uri)
+        widths.append(width)
+        heights.append(height)
+        formats.append(fmt)
+    if not uris:
+        return None, errors
+    return DecodedBatch(tuple(uris), pixels[:len(uris)],
+                        np.asarray(widths, np.int32),
+                        np.asarray(heights, np.int32), tuple(formats)), errors
+
+
 class DecodeImages(ThreadedDoFn):
-    """ImageBytes → DecodedImage, or an ErrorRecord (stage "decode") on
-    ERRORS_TAG. Decoding runs on `threads` threads: libjpeg-turbo and Pillow
-    release the GIL, so they decode while the bundle thread classifies."""
+    """Batch of ImageBytes → one DecodedBatch, and an ErrorRecord (stage
+    "decode") on ERRORS_TAG per file that does not decode. Batches decode
+    on `threads` threads: libjpeg-turbo and Pillow release the GIL, so they
+    decode while the bundle thread classifies."""
 
     def __init__(self, settings: DecodeSettings, threads: int = 1,
                  max_in_flight: int = 0):
@@ -416,32 +450,45 @@ class DecodeImages(ThreadedDoFn):
         # as an error row already, so the log line is only noise.
         logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
-    def work(self, element: ImageBytes
-             ) -> List[Union[DecodedImage, beam.pvalue.TaggedOutput]]:
-        try:
-            pixels, width, height, fmt = decode_image(element.data,
-                                                      self._settings)
-        except Exception as exc:  # pylint: disable=broad-except
-            # Any exception here is about this one file: record it, go on.
-            return [beam.pvalue.TaggedOutput(
-                ERRORS_TAG, error_record(element.uri, STAGE_DECODE, exc))]
-        return [DecodedImage(element.uri, pixels, width, height, fmt)]
+    def work(self, element: Sequence[ImageBytes]
+             ) -> List[Union[DecodedBatch, beam.pvalue.TaggedOutput]]:
+        decoded, errors = decode_batch(element, self._settings)
+        outputs: List[Union[DecodedBatch, beam.pvalue.TaggedOutput]] = [
+            beam.pvalue.TaggedOutput(ERRORS_TAG, e) for e in errors]
+        if decoded is not None:
+            outputs.append(decoded)
+        return outputs
 
 
 class DecodeAndPreprocess(beam.PTransform):
-    """PCollection[ImageBytes] → {"images": DecodedImage, ERRORS_TAG: ErrorRecord}."""
+    """PCollection[ImageBytes] → {"images": DecodedBatch, ERRORS_TAG:
+    ErrorRecord}.
 
-    def __init__(self, settings: DecodeSettings, threads: int = 1,
-                 max_in_flight: int = 0):
+    Images are batched here, before decoding (Beam's BatchElements, between
+    `min_batch_size` and `max_batch_size`), so that everything downstream
+    (the decode hand-off, the model call, rows, Parquet) works a batch at a
+    time instead of paying Python and Beam overhead per image. Each batch
+    is decoded into the array the model takes, with no copy in between.
+    """
+
+    def __init__(self, settings: DecodeSettings, threads: int = 1, *,
+                 min_batch_size: int = 16, max_batch_size: int = 64,
+                 batches_in_flight: int = 0):
         super().__init__()
         self._settings = settings
         self._threads = threads
-        self._max_in_flight = max_in_flight
+        self._batch_sizes = (min_batch_size, max_batch_size)
+        self._batches_in_flight = batches_in_flight
 
     def expand(self, images):
-        results = images | "Decode" >> beam.ParDo(
-            DecodeImages(self._settings, self._threads, self._max_in_flight)
-        ).with_outputs(ERRORS_TAG, main="images")
+        results = (
+            images
+            | "Batch" >> beam.BatchElements(
+                min_batch_size=self._batch_sizes[0],
+                max_batch_size=self._batch_sizes[1])
+            | "Decode" >> beam.ParDo(DecodeImages(
+                self._settings, self._threads, self._batches_in_flight)
+            ).with_outputs(ERRORS_TAG, main="images"))
         return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
 
 

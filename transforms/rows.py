@@ -1,57 +1,78 @@
-"""Step 4a: a classified image → one row of the labels schema."""
+"""Step 4a: a classified batch of images → rows of the labels schema, as one
+Arrow RecordBatch (columns built from the batch's arrays, not per image)."""
 from __future__ import annotations
 
-from typing import Any, Dict
-
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
 from transforms import tally
 from transforms.errors import METRICS_NAMESPACE
+from transforms.schema import LABELS_SCHEMA
 
 
-def label_row(result: PredictionResult, backend: str = "tf"
-              ) -> Dict[str, Any]:
-    """PredictionResult(DecodedImage, Classification) → LABELS_SCHEMA row.
+def _lists(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """[n, k] array → list<value_type> column of n lists of k values."""
+    rows, width = values.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(
+        offsets, pa.array(values.reshape(-1), type=value_type))
 
-    NumPy arrays are handed to pyarrow as they are (no per-value lists).
-    """
-    image, answer = result.example, result.inference
-    return {
-        "uri": image.uri,
-        "label": answer.top_k_labels[0],
-        "score": float(answer.top_k_scores[0]),
-        "top_k_indices": answer.top_k_indices,
-        "top_k_labels": list(answer.top_k_labels),
-        "top_k_scores": answer.top_k_scores,
-        "embedding": answer.embedding,
-        "width": image.width,
-        "height": image.height,
-        "format": image.format,
-        "model": result.model_id,
-        "backend": backend,
-        "labeled_at": answer.labeled_at,
+
+def _repeated(value, rows: int, value_type: pa.DataType) -> pa.Array:
+    return pa.array([value] * rows, type=value_type)
+
+
+def label_batch(result: PredictionResult, backend: str = "tf"
+                ) -> pa.RecordBatch:
+    """PredictionResult(DecodedBatch, Classifications) → LABELS_SCHEMA rows."""
+    images, answers = result.example, result.inference
+    rows = len(images)
+    schema = LABELS_SCHEMA
+    embedding_type = schema.field("embedding").type
+    columns = {
+        "uri": pa.array(images.uris, type=pa.string()),
+        "label": pa.array(answers.top_k_labels[:, 0], type=pa.string()),
+        "score": pa.array(answers.top_k_scores[:, 0], type=pa.float32()),
+        "top_k_indices": _lists(answers.top_k_indices, pa.int32()),
+        "top_k_labels": _lists(answers.top_k_labels, pa.string()),
+        "top_k_scores": _lists(answers.top_k_scores, pa.float32()),
+        "embedding": (pa.nulls(rows, embedding_type)
+                      if answers.embeddings is None else
+                      _lists(answers.embeddings, pa.float32())),
+        "width": pa.array(images.widths, type=pa.int32()),
+        "height": pa.array(images.heights, type=pa.int32()),
+        "format": pa.array(images.formats, type=pa.string()),
+        "model": _repeated(result.model_id, rows, pa.string()),
+        "backend": _repeated(backend, rows, pa.string()),
+        "labeled_at": _repeated(answers.labeled_at, rows,
+                                schema.field("labeled_at").type),
     }
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema],
+                                      schema=schema)
 
 
 class ToLabelRows(beam.PTransform):
-    """PCollection[PredictionResult] → PCollection[dict] (LABELS_SCHEMA)."""
+    """PCollection[PredictionResult] → PCollection[pa.RecordBatch]
+    (LABELS_SCHEMA), one per classified batch."""
 
     def __init__(self, backend: str = "tf"):
         super().__init__()
         self._backend = backend
 
     def expand(self, results):
-        return results | "ToRow" >> beam.ParDo(_ToLabelRow(self._backend))
+        return results | "ToRows" >> beam.ParDo(_ToLabelRows(self._backend))
 
 
-class _ToLabelRow(beam.DoFn):
+class _ToLabelRows(beam.DoFn):
     def __init__(self, backend: str):
         self._backend = backend
         self._labeled = Metrics.counter(METRICS_NAMESPACE, "images_labeled")
 
     def process(self, result: PredictionResult):
-        self._labeled.inc()
-        tally.add("labeled")
-        yield label_row(result, self._backend)
+        rows = label_batch(result, self._backend)
+        self._labeled.inc(rows.num_rows)
+        tally.add("labeled", rows.num_rows)
+        yield rows

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import apache_beam as beam
 import pyarrow as pa
@@ -72,11 +72,10 @@ def _commit(table: pa.Table, temporary: str, final: str) -> None:
     FileSystems.rename([temporary], [final])
 
 
-def write_chunk(rows: Sequence[Dict[str, Any]], schema: pa.Schema,
-                output: str, prefix: str, run_id: str) -> str:
+def write_chunk(table: pa.Table, output: str, prefix: str,
+                run_id: str) -> str:
     """Commit one chunk of rows as a Parquet file; return its final path."""
-    table = pa.Table.from_pylist(list(rows), schema=schema)
-    digest = hashlib.sha1("\n".join(r["uri"] for r in rows)
+    digest = hashlib.sha1("\n".join(table.column("uri").to_pylist())
                           .encode("utf-8")).hexdigest()[:16]
     name = f"{prefix}-{run_id}-{digest}{PARQUET_SUFFIX}"
     final = output_path(output, name)
@@ -86,9 +85,14 @@ def write_chunk(rows: Sequence[Dict[str, Any]], schema: pa.Schema,
     return final
 
 
+Rows = Union[pa.RecordBatch, Dict[str, Any]]
+
+
 class _WriteChunks(beam.DoFn):
-    """Buffers rows and commits a file every `rows_per_file` rows and at the
-    end of each bundle. Emits the final path of every committed file."""
+    """Buffers rows (RecordBatches, or single rows as dicts) and commits a
+    file of exactly `rows_per_file` rows whenever it has that many, and the
+    rest at the end of each bundle. Emits the final path of every
+    committed file."""
 
     def __init__(self, output: str, prefix: str, schema: pa.Schema,
                  run_id: str, rows_per_file: int):
@@ -97,36 +101,56 @@ class _WriteChunks(beam.DoFn):
         self._schema = schema
         self._run_id = run_id
         self._rows_per_file = rows_per_file
+        self._batches: List[pa.RecordBatch] = []
         self._rows: List[Dict[str, Any]] = []
+        self._buffered = 0
         self._files = Metrics.counter(METRICS_NAMESPACE,
                                       f"{prefix}_files_committed")
 
     def start_bundle(self):
-        self._rows = []
+        self._reset()
 
-    def process(self, row: Dict[str, Any]) -> Iterable[str]:
-        self._rows.append(row)
-        if len(self._rows) >= self._rows_per_file:
+    def _reset(self):
+        self._batches, self._rows, self._buffered = [], [], 0
+
+    def process(self, rows: Rows) -> Iterable[str]:
+        if not isinstance(rows, pa.RecordBatch):
+            self._rows.append(rows)
+            self._buffered += 1
+        else:
+            while rows.num_rows:  # split so that every file is full
+                room = self._rows_per_file - self._buffered
+                self._batches.append(rows.slice(0, room))
+                self._buffered += min(room, rows.num_rows)
+                rows = rows.slice(room)
+                if self._buffered >= self._rows_per_file:
+                    yield self._flush()
+        if self._buffered >= self._rows_per_file:
             yield self._flush()
 
     def finish_bundle(self):
-        if self._rows:
+        if self._buffered:
             path = self._flush()
             yield beam.utils.windowed_value.WindowedValue(
                 path, beam.utils.timestamp.MIN_TIMESTAMP,
                 [beam.transforms.window.GlobalWindow()])
 
     def _flush(self) -> str:
-        rows, self._rows = self._rows, []
-        path = write_chunk(rows, self._schema, self._output, self._prefix,
-                           self._run_id)
+        tables = [pa.Table.from_batches(self._batches, self._schema)] \
+            if self._batches else []
+        if self._rows:
+            tables.append(pa.Table.from_pylist(self._rows, self._schema))
+        self._reset()
+        path = write_chunk(pa.concat_tables(tables), self._output,
+                           self._prefix, self._run_id)
         self._files.inc()
         return path
 
 
 class WriteParquetChunks(beam.PTransform):
-    """Rows (dicts of `schema`) → committed `<output>/<prefix>-<run>-*.parquet`
-    files; returns the PCollection of their paths."""
+    """Rows of `schema` (RecordBatches or dicts) → committed
+    `<output>/<prefix>-<run>-*.parquet` files; returns the PCollection of
+    their paths."""
 
     def __init__(self, output: str, prefix: str, schema: pa.Schema,
                  run_id: str, rows_per_file: int):
@@ -138,7 +162,7 @@ class WriteParquetChunks(beam.PTransform):
 
 
 class WriteLabels(WriteParquetChunks):
-    """Label rows → <output>/labels-<run>-<digest>.parquet."""
+    """Label RecordBatches → <output>/labels-<run>-<digest>.parquet."""
 
     def __init__(self, output: str, run_id: str, rows_per_file: int):
         super().__init__(output, LABELS_PREFIX, LABELS_SCHEMA, run_id,
