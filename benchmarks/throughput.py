@@ -55,28 +55,50 @@ def make_corpus(directory: Path, n: int) -> None:
                         f"img{i:07d}_{os.path.basename(source)}")
 
 
-def measure_decode(seconds: float = 4.5, fast_jpeg: bool = False
-                   ) -> Tuple[float, int]:
-    """(best images/s, its thread count) for decode + preprocess in memory."""
+def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
+                   batch: int = 64) -> Tuple[float, int]:
+    """(best images/s, its thread count) for decode + preprocess in memory:
+    the pipeline's own decode step (`decode_batch`, batches of `batch`
+    images of the sample photos) on 1, 2 and 3 threads.
+
+    The thread counts take turns in short slices and each gets the median
+    of its slices: picking the best of single noisy measurements would
+    favour whichever happened to run in a fast moment."""
     from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
     from transforms.decode import (DecodeSettings, allowed_formats,
-                                   decode_image)
+                                   decode_batch)
+    from transforms.read import ImageBytes
     settings = DecodeSettings(DEFAULT_MAX_PIXELS,
                               allowed_formats(DEFAULT_FORMATS.split(",")),
                               fast_jpeg=fast_jpeg)
-    data = [Path(p).read_bytes() for p in PHOTOS]
-    best = (0.0, 1)
-    for threads in (1, 2, 3):
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda d: decode_image(d, settings), data[:20]))
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / 3:
-                list(pool.map(lambda d: decode_image(d, settings), data))
-                done += len(data)
-            rate = done / (time.perf_counter() - start)
-        _LOGGER.info("decode: %d thread(s) %.0f img/s", threads, rate)
-        best = max(best, (rate, threads))
-    return best
+    images = [ImageBytes(p, Path(p).read_bytes()) for p in PHOTOS]
+    images = (images * (1 + 6 * batch // len(images)))[:6 * batch]
+    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+    counts, rounds = (1, 2, 3), 3
+    rates: Dict[int, List[float]] = {threads: [] for threads in counts}
+    pools = {threads: concurrent.futures.ThreadPoolExecutor(threads)
+             for threads in counts}
+    try:
+        for threads, pool in pools.items():  # warm-up
+            list(pool.map(lambda b: decode_batch(b[:4], settings), batches))
+        for _ in range(rounds):
+            for threads, pool in pools.items():
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < \
+                        seconds / rounds / len(counts):
+                    for decoded, _ in pool.map(
+                            lambda b: decode_batch(b, settings),
+                            batches[:max(threads, 2)]):
+                        done += len(decoded)
+                rates[threads].append(done / (time.perf_counter() - start))
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    medians = {threads: _median(r) for threads, r in rates.items()}
+    _LOGGER.info("decode: %s", ", ".join(
+        f"{t} thread(s) {r:.0f} img/s" for t, r in medians.items()))
+    best = max(medians, key=medians.get)
+    return medians[best], best
 
 
 def fast_jpeg_deviation() -> Tuple[float, float]:
@@ -210,16 +232,24 @@ def _median(values: List[float]) -> float:
 def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
               extra: List[str], batch: int, index: int) -> Dict[str, object]:
     """One round of every measurement, back to back."""
-    decode_ips, decode_threads = measure_decode()
-    trial: Dict[str, object] = {"decode_ips": decode_ips,
-                                "decode_threads": decode_threads,
-                                "per_backend": {}}
+    trial: Dict[str, object] = {"per_backend": {}}
+    decode_rates = []
     for backend in backends:
-        model_ips = measure_model(model, backend, batch)
-        ceiling = 1 / (1 / decode_ips + 1 / model_ips)
+        # (a) and (b) bracket (d): measured just before and just after it,
+        # so the ceiling reflects the machine's speed while (d) ran.
+        before = measure_decode(batch=batch), measure_model(model, backend,
+                                                            batch)
         run = run_pipeline(corpus, workdir / f"out-{backend}", model, backend,
                            extra, workdir / f"pipeline-{backend}-{index}.log")
+        after = measure_decode(batch=batch), measure_model(model, backend,
+                                                           batch)
+        decode_ips = (before[0][0] + after[0][0]) / 2
+        model_ips = (before[1] + after[1]) / 2
+        decode_rates.append(decode_ips)
+        trial["decode_threads"] = after[0][1]
+        ceiling = 1 / (1 / decode_ips + 1 / model_ips)
         trial["per_backend"][backend] = {
+            "decode_ips": decode_ips,
             "model_ips": model_ips, "ceiling_ips": ceiling,
             **{f"pipeline_{k}": v for k, v in run.items()},
             "ratio_ceiling": run["steady_ips"] / ceiling}
@@ -228,6 +258,7 @@ def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
                      "d/c %.2f", index, backend, decode_ips, model_ips,
                      ceiling, run["steady_ips"], run["ips"],
                      run["steady_ips"] / ceiling)
+    trial["decode_ips"] = _median(decode_rates)
     trial["baseline"] = run_baseline(corpus, workdir / "out-baseline", model,
                                      workdir / f"baseline-{index}.log")
     _LOGGER.info("trial %d: baseline %.0f img/s", index,
@@ -267,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shutil.rmtree(corpus, ignore_errors=True)
     make_corpus(corpus, args.n)
     _LOGGER.info("corpus: %d images in %s", args.n, corpus)
-    fast_ips, _ = measure_decode(fast_jpeg=True)
+    fast_ips, _ = measure_decode(fast_jpeg=True, batch=batch)
     fast_mean, fast_worst = fast_jpeg_deviation()
 
     # A first run per backend is not measured: it fills the page cache and,

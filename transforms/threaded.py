@@ -6,8 +6,6 @@ Decoding releases the GIL (libjpeg-turbo, Pillow), so a few threads decode
 while the bundle thread runs inference on the batches they feed — the two
 halves of the job overlap instead of taking turns.
 
-Elements go to the pool in chunks, so the bundle thread pays for one task
-hand-off (a Future, its lock and wake-up) per chunk rather than per image.
 Results keep their input element's window and timestamp, and every
 submitted element is emitted before the bundle finishes.
 """
@@ -15,14 +13,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Any, Deque, Iterable, Iterator, List, Tuple
+from typing import Any, Deque, Iterable, Iterator, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
-
-# (element, window, timestamp) of one input
-_Input = Tuple[Any, Any, Any]
 
 
 class ThreadedDoFn(beam.DoFn):
@@ -30,24 +25,18 @@ class ThreadedDoFn(beam.DoFn):
     TaggedOutput); it must be thread-safe and must not raise.
 
     With threads <= 1 the work runs inline, exactly like a plain DoFn.
-    Otherwise elements are handed to the pool `chunk_size` at a time, and at
-    most `max_in_flight` elements (default 4 per thread) are submitted and
-    not yet emitted per bundle, so memory stays bounded whatever the bundle
-    size. It should cover what downstream holds back at a time (a whole
-    batch), or the pool idles while the bundle thread runs inference.
+    At most `max_in_flight` elements (default 4 per thread) are submitted
+    and not yet emitted per bundle, so memory stays bounded whatever the
+    bundle size. It should cover what downstream holds back at a time (a
+    whole batch), or the pool idles while the bundle thread runs inference.
     """
 
-    def __init__(self, threads: int, max_in_flight: int = 0,
-                 chunk_size: int = 1):
+    def __init__(self, threads: int, max_in_flight: int = 0):
         self._threads = threads
-        self._chunk_size = max(1, chunk_size)
-        self._max_in_flight = max(self._chunk_size,
-                                  max_in_flight or 4 * threads)
+        self._max_in_flight = max(1, max_in_flight or 4 * threads)
         self._pool = None
-        self._chunk: List[_Input] = []
-        self._pending: Deque[Tuple[concurrent.futures.Future,
-                                   List[_Input]]] = collections.deque()
-        self._in_flight = 0
+        self._pending: Deque[Tuple[concurrent.futures.Future, Any, Any]] = \
+            collections.deque()
 
     def work(self, element: Any) -> Iterable[Any]:
         raise NotImplementedError
@@ -67,9 +56,7 @@ class ThreadedDoFn(beam.DoFn):
             self._pool = None
 
     def start_bundle(self):
-        self._chunk = []
         self._pending.clear()
-        self._in_flight = 0
 
     def process(self, element, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam) -> Iterator[Any]:
@@ -78,38 +65,27 @@ class ThreadedDoFn(beam.DoFn):
                 self.emitted(output)
                 yield output
             return
-        self._chunk.append((element, window, timestamp))
-        if len(self._chunk) >= self._chunk_size:
-            self._submit()
+        self._pending.append((self._pool.submit(self._run, element),
+                              window, timestamp))
         # Emit whatever is done, oldest first; block only when the queue
         # is full, so the bundle thread is free to run downstream work.
         while self._pending and (self._pending[0][0].done() or
-                                 self._in_flight >= self._max_in_flight):
+                                 len(self._pending) >= self._max_in_flight):
             yield from self._emit(self._pending.popleft())
 
     def finish_bundle(self) -> Iterator[Any]:
-        if self._chunk:
-            self._submit()
         while self._pending:
             yield from self._emit(self._pending.popleft())
 
-    def _submit(self) -> None:
-        chunk, self._chunk = self._chunk, []
-        elements = [element for element, _, _ in chunk]
-        self._pending.append((self._pool.submit(self._run, elements), chunk))
-        self._in_flight += len(chunk)
-
-    def _run(self, elements: List[Any]) -> List[List[Any]]:
-        return [list(self.work(element)) for element in elements]
+    def _run(self, element):
+        return list(self.work(element))
 
     def _emit(self, pending) -> Iterator[Any]:
-        future, chunk = pending
-        self._in_flight -= len(chunk)
-        for outputs, (_, window, timestamp) in zip(future.result(), chunk):
-            for output in outputs:
-                self.emitted(output)
-                if isinstance(output, TaggedOutput):
-                    yield TaggedOutput(output.tag, WindowedValue(
-                        output.value, timestamp, (window,)))
-                else:
-                    yield WindowedValue(output, timestamp, (window,))
+        future, window, timestamp = pending
+        for output in future.result():
+            self.emitted(output)
+            if isinstance(output, TaggedOutput):
+                yield TaggedOutput(output.tag, WindowedValue(
+                    output.value, timestamp, (window,)))
+            else:
+                yield WindowedValue(output, timestamp, (window,))
