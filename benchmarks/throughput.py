@@ -305,6 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # for xnnpack, converts the module and runs the parity gate (what every
     # later run on this machine reuses). Its start-up is reported.
     first_runs = {}
+    shutil.rmtree(workdir / "model-cache", ignore_errors=True)
     for backend in backends:
         first_runs[backend] = run_pipeline(
             corpus, workdir / f"out-first-{backend}", model, backend,
