@@ -166,8 +166,8 @@ def _resize_plan(height: int, width: int, channels: int,
     x0, x1, wx = _half_pixel_taps(crop_w, size, left)
     taps = np.stack([y[:, None] * width + x[None, :]
                      for y in (y0, y1) for x in (x0, x1)]).ravel()
-    for array in (taps, wx, wy):
-        array.flags.writeable = False  # shared by every thread
+    # Shared by every thread and never written. (Not flagged read-only:
+    # np.take would then copy the index array on every call.)
     return taps, np.repeat(wx, channels)[None, :], wy[:, None]
 
 
@@ -328,24 +328,10 @@ def _decode_plain_jpeg(data: bytes, settings: DecodeSettings, size: int):
         return None  # damaged: Pillow decides, as for every other JPEG
 
 
-def decode_image(data: bytes, settings: DecodeSettings,
-                 size: int = IMAGE_SIZE
-                 ) -> Tuple[np.ndarray, int, int, str]:
-    """Decode and preprocess one image as the module expects.
-
-    Returns (pixels float32 [size, size, 3] in [0, 1], upright width, upright
-    height, format). Raises ImageError or Pillow's own exceptions on files
-    that are not allowed or not decodable.
-    """
-    if not data:
-        raise ImageError("EmptyFile", "file is empty (0 bytes)")
-    plain = _decode_plain_jpeg(data, settings, size)
-    if plain is not None:
-        pixels, width, height = plain
-        resized = resize_bilinear_crop(
-            pixels, central_crop_box(pixels.shape[1], pixels.shape[0]), size)
-        resized *= np.float32(1.0 / 255.0)
-        return resized, width, height, "JPEG"
+def _decode_with_pillow(data: bytes, settings: DecodeSettings, size: int
+                        ) -> Tuple[np.ndarray, float, int, int, str, int]:
+    """The general path: (pixels [H, W, 3], their full-scale value, width,
+    height, format, EXIF orientation), with Pillow checking the header."""
     png_size = _png_header_size(data) if "PNG" in settings.allowed_formats \
         else None
     if png_size:
@@ -387,6 +373,27 @@ def decode_image(data: bytes, settings: DecodeSettings,
             # struct.error, ...): the pixels are fine; show them unrotated,
             # as viewers do, rather than fail the image.
             orientation = 1
+    return pixels, full_scale, width, height, image_format, orientation
+
+
+def decode_image(data: bytes, settings: DecodeSettings,
+                 size: int = IMAGE_SIZE
+                 ) -> Tuple[np.ndarray, int, int, str]:
+    """Decode and preprocess one image as the module expects.
+
+    Returns (pixels float32 [size, size, 3] in [0, 1], upright width, upright
+    height, format). Raises ImageError or Pillow's own exceptions on files
+    that are not allowed or not decodable.
+    """
+    if not data:
+        raise ImageError("EmptyFile", "file is empty (0 bytes)")
+    plain = _decode_plain_jpeg(data, settings, size)
+    if plain is not None:
+        pixels, width, height = plain
+        full_scale, image_format, orientation = 255.0, "JPEG", 1
+    else:
+        pixels, full_scale, width, height, image_format, orientation = \
+            _decode_with_pillow(data, settings, size)
     box = central_crop_box(pixels.shape[1], pixels.shape[0])
     if box[2] <= 0 or box[3] <= 0:
         raise ImageError("InvalidSize", f"image size is {width}x{height}")
@@ -399,10 +406,6 @@ def decode_image(data: bytes, settings: DecodeSettings,
     return np.ascontiguousarray(upright, dtype=np.float32), width, height, \
         image_format
 
-
-# ---------------------------------------------------------------------------
-# Beam
-# ---------------------------------------------------------------------------
 
 def decode_batch(batch: Sequence[ImageBytes], settings: DecodeSettings,
                  size: int = IMAGE_SIZE
@@ -432,6 +435,10 @@ def decode_batch(batch: Sequence[ImageBytes], settings: DecodeSettings,
                         np.asarray(widths, np.int32),
                         np.asarray(heights, np.int32), tuple(formats)), errors
 
+
+# ---------------------------------------------------------------------------
+# Beam
+# ---------------------------------------------------------------------------
 
 class DecodeImages(ThreadedDoFn):
     """Batch of ImageBytes → one DecodedBatch, and an ErrorRecord (stage
