@@ -191,14 +191,21 @@ def test_flaky_run_gives_the_clean_runs_rows(storage, runs, capsys):
         names
 
 
+# Batches form by timing, and TF's CPU kernels round differently for a
+# batch of one (measured: logits differ by up to 8e-6 against the same image
+# in a batch of 64; batches of 7-63 are bit-identical). Scores and
+# embeddings are compared that closely, labels exactly.
+SCORE_TOLERANCE = 1e-5
+
+
 def _assert_same_labels(row: dict, expected: dict) -> None:
     uri = row["uri"]
     assert row["label"] == expected["label"], uri
     assert row["top_k_indices"] == expected["top_k_indices"], uri
-    np.testing.assert_array_equal(row["top_k_scores"],
-                                  expected["top_k_scores"], err_msg=uri)
-    np.testing.assert_array_equal(row["embedding"], expected["embedding"],
-                                  err_msg=uri)
+    np.testing.assert_allclose(row["top_k_scores"], expected["top_k_scores"],
+                               rtol=0, atol=SCORE_TOLERANCE, err_msg=uri)
+    np.testing.assert_allclose(row["embedding"], expected["embedding"],
+                               rtol=0, atol=SCORE_TOLERANCE, err_msg=uri)
 
 
 def test_faults_were_injected_everywhere(runs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -104,7 +105,10 @@ def test_local_and_gs_runs_agree(emulator, standin_tf1, tmp_path):
     assert local_rows.keys() == gs_rows.keys() and len(gs_rows) == 12
     for name, row in gs_rows.items():
         assert row["top_k_indices"] == local_rows[name]["top_k_indices"]
-        assert row["embedding"] == local_rows[name]["embedding"]
+        # Batches form by timing; a batch of one may round differently.
+        np.testing.assert_allclose(row["embedding"],
+                                   local_rows[name]["embedding"],
+                                   rtol=0, atol=1e-5, err_msg=name)
 
 
 def test_unreachable_bucket_is_one_clear_line(emulator, standin_tf1,
