@@ -78,7 +78,8 @@ def _counters(result) -> Dict[str, int]:
 
 def run(argv: Sequence[str]) -> int:
     """The labeling job. Returns the process exit status."""
-    from pipeline.options import UsageError, help_text, parse_args  # pylint: disable=import-outside-toplevel
+    from pipeline.options import (UsageError, help_text, parse_args,  # pylint: disable=import-outside-toplevel
+                                  runs_in_this_process)
     verbose = "--verbose" in argv
     _configure_logging(verbose)
     try:
@@ -120,7 +121,7 @@ def run(argv: Sequence[str]) -> int:
     pipeline = beam.Pipeline(options=options)
     job.build(pipeline, args, facts.labels, run_id)
     reporter = None
-    if _runs_in_this_process(options):
+    if runs_in_this_process(options):
         reporter = ProgressReporter(facts.total_inputs,
                                     quiet_interval_s=args.progress_interval)
         reporter.start()
@@ -150,18 +151,6 @@ def run(argv: Sequence[str]) -> int:
     if facts.is_standin:
         _standin_banner(args.model)
     return EXIT_OK
-
-
-def _runs_in_this_process(options) -> bool:
-    """Whether the job's DoFns run here, where the progress tally sees them
-    (the local in_memory runner)."""
-    from apache_beam.options.pipeline_options import (  # pylint: disable=import-outside-toplevel
-        DirectOptions, StandardOptions)
-    from pipeline.options import LOCAL_RUNNER  # pylint: disable=import-outside-toplevel
-    runner = options.view_as(StandardOptions).runner
-    mode = options.view_as(DirectOptions).direct_running_mode
-    return runner in (LOCAL_RUNNER, "DirectRunner", "FnApiRunner") and \
-        mode == "in_memory"
 
 
 def _finished_label_files(output: str) -> List[str]:

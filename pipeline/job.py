@@ -12,6 +12,7 @@ from typing import Sequence
 
 import apache_beam as beam
 
+from pipeline.options import one_local_worker
 from transforms.classify import Classify, HubClassifierHandler
 from transforms.decode import (DecodeAndPreprocess, DecodeSettings,
                                allowed_formats)
@@ -54,14 +55,17 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
         args.input, args.input_manifest, max_bytes=args.max_file_bytes,
         allowed_schemes=input_schemes(args), exclude_outputs=exclude,
         threads=args.read_threads or (
-            1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS))
-    # Batches in flight: one per decode thread and one more, so decoding
-    # goes on while the bundle thread runs inference on a finished one.
+            1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS),
+        spread=not one_local_worker(pipeline.options))
+    # Batches in flight: two per decode thread and two more, so decoding
+    # goes on while the bundle thread runs inference on a finished one, and
+    # a thread that finishes while the bundle thread waits on an older
+    # batch starts on the next at once (one per thread left it idle then).
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         decode_settings(args), args.decode_threads,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
-        batches_in_flight=args.decode_threads + 1)
+        batches_in_flight=2 * (args.decode_threads + 1))
     handler = HubClassifierHandler(
         args.model, labels, top_k=args.top_k,
         embedding_model=args.embedding_model,

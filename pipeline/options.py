@@ -276,6 +276,22 @@ def beam_options(beam_flags: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """Whether the job's DoFns run in the launching process (the local
+    in_memory runner), where the in-process progress tally sees them."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return runner in (LOCAL_RUNNER, "DirectRunner", "FnApiRunner") and \
+        mode == "in_memory"
+
+
+def one_local_worker(options: PipelineOptions) -> bool:
+    """Whether every element is processed by one local bundle thread, so
+    there is nothing to spread over workers."""
+    return runs_in_this_process(options) and \
+        (options.view_as(DirectOptions).direct_num_workers or 1) == 1
+
+
 def help_text() -> str:
     return build_parser().format_help() + (
         "\nAny Beam pipeline option (e.g. --runner, --project, --region, "

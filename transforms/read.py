@@ -213,15 +213,20 @@ class ReadImages(beam.PTransform):
 
     Matched files are reshuffled so that reading and everything fused after
     it spreads over all workers (the match itself is a single element);
-    manifest URIs are de-duplicated, which also redistributes them.
+    manifest URIs are de-duplicated, which also redistributes them. With
+    `spread=False` (one local worker: nothing to spread) matched files go
+    straight to reading, so it starts as the glob lists them instead of
+    after a shuffle of every URI.
     """
 
     def __init__(self, file_pattern: Optional[str] = None,
                  manifest: Optional[str] = None, *,
                  max_bytes: int, allowed_schemes: Iterable[str],
-                 exclude_outputs: Sequence[str] = (), threads: int = 1):
+                 exclude_outputs: Sequence[str] = (), threads: int = 1,
+                 spread: bool = True):
         super().__init__()
         self._threads = threads
+        self._spread = spread
         if (file_pattern is None) == (manifest is None):
             raise ValueError("give exactly one of file_pattern or manifest")
         self._file_pattern = file_pattern
@@ -246,7 +251,8 @@ class ReadImages(beam.PTransform):
         if self._exclude_outputs:
             files = self._without_finished(pbegin, files)
         elif self._file_pattern is not None:
-            files = files | "Spread" >> beam.Reshuffle()
+            if self._spread:
+                files = files | "Spread" >> beam.Reshuffle()
         else:
             files = files | "Deduplicate" >> beam.Distinct()
         results = files | "ReadBytes" >> beam.ParDo(
