@@ -179,10 +179,15 @@ class PeakRss:
         return self.peak_kb / 1024
 
 
+def ceiling(decode_ips: float, model_ips: float) -> float:
+    """(c): decode and model sharing the machine perfectly."""
+    return 1 / (1 / decode_ips + 1 / model_ips)
+
+
 def ceiling_ips(model: str, backend: str, batch: int) -> float:
     """(c) as measured right now."""
     decode, _ = measure_decode(batch=batch)
-    return 1 / (1 / decode + 1 / measure_model(model, backend, batch))
+    return ceiling(decode, measure_model(model, backend, batch))
 
 
 def run_measured(cmd: List[str], log_path: Path) -> Tuple[float, float, str]:
@@ -253,17 +258,17 @@ def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
         model_ips = (before[1] + after[1]) / 2
         decode_rates.append(decode_ips)
         trial["decode_threads"] = after[0][1]
-        ceiling = 1 / (1 / decode_ips + 1 / model_ips)
+        ceiling_now = ceiling(decode_ips, model_ips)
         trial["per_backend"][backend] = {
             "decode_ips": decode_ips,
-            "model_ips": model_ips, "ceiling_ips": ceiling,
+            "model_ips": model_ips, "ceiling_ips": ceiling_now,
             **{f"pipeline_{k}": v for k, v in run.items()},
-            "ratio_ceiling": run["steady_ips"] / ceiling}
+            "ratio_ceiling": run["steady_ips"] / ceiling_now}
         _LOGGER.info("trial %d, %s: decode %.0f, model %.0f, ceiling %.0f, "
                      "pipeline %.0f while labeling (%.0f with start-up), "
                      "d/c %.2f", index, backend, decode_ips, model_ips,
-                     ceiling, run["steady_ips"], run["ips"],
-                     run["steady_ips"] / ceiling)
+                     ceiling_now, run["steady_ips"], run["ips"],
+                     run["steady_ips"] / ceiling_now)
     trial["decode_ips"] = _median(decode_rates)
     trial["baseline"] = run_baseline(corpus, workdir / "out-baseline", model,
                                      workdir / f"baseline-{index}.log")
