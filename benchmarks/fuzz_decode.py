@@ -718,7 +718,7 @@ class _Slot:
         self.current: Optional[tuple] = None   # the "start" message
         self.current_started = 0.0
 
-    def log_tail(self, n: int = 2000) -> str:
+    def log_tail(self, n: int = 8000) -> str:  # a whole faulthandler dump, module list included
         try:
             with open(self.log_path, "rb") as handle:
                 handle.seek(0, os.SEEK_END)
