@@ -113,16 +113,15 @@ def test_handler_runs_decoded_batches_and_checks_labels(
         standin_tf1, photo_batch, labels):
     handler = HubClassifierHandler(standin_tf1, labels, top_k=3)
     # Images arrive batched (by DecodeAndPreprocess): one per model call.
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 1,
-                                               "max_batch_size": 1}
+    assert handler.should_skip_batching()
     model = handler.load_model()
     images = DecodedBatch(tuple(f"uri{i}" for i in range(4)), photo_batch[:4],
                           np.full(4, 500, np.int32), np.full(4, 375, np.int32),
                           ("JPEG",) * 4)
-    [result] = handler.run_inference([images], model)
+    [result] = handler.run_inference(images, model)
     assert result.example is images
     assert result.inference.top_k_labels.shape == (4, 3)
-    assert handler.get_num_bytes([images]) == 4 * 96 * 96 * 3 * 4
+    assert handler.get_num_bytes(images) == 4 * 96 * 96 * 3 * 4
 
     # The batch's rows, as written to Parquet: one per image, columns from
     # the batch's arrays.
@@ -151,3 +150,31 @@ def test_unreadable_handles_raise_clear_errors(tmp_path):
     (tmp_path / "junk" / "saved_model.pb").write_bytes(b"not a proto")
     with pytest.raises(model_lib.ModelLoadError, match="cannot load"):
         model_lib.load_classifier(str(tmp_path / "junk"))
+
+
+def test_a_batch_the_model_fails_on_becomes_one_error_per_image(
+        standin_tf1, photo_batch, labels):
+    """RunInference's dead letter: a batch the module refuses (here one
+    channel, not RGB) yields one classify-stage error per image, and the
+    other batches are labeled."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.classify import Classify
+    from transforms.errors import ERRORS_TAG, STAGE_CLASSIFY
+
+    def batch(prefix, pixels):
+        n = len(pixels)
+        return DecodedBatch(tuple(f"{prefix}{i}" for i in range(n)), pixels,
+                            np.full(n, 500, np.int32),
+                            np.full(n, 375, np.int32), ("JPEG",) * n)
+
+    good = batch("good", photo_batch[:4])
+    bad = batch("bad", np.ascontiguousarray(photo_batch[4:7, :, :, :1]))
+    with beam.Pipeline() as pipeline:
+        out = (pipeline | beam.Create([good, bad])
+               | Classify(HubClassifierHandler(standin_tf1, labels)))
+        assert_that(out["results"] | beam.Map(lambda r: r.example.uris),
+                     equal_to([good.uris]), label="Labeled")
+        assert_that(out[ERRORS_TAG] | beam.Map(lambda e: (e.uri, e.stage)),
+                    equal_to([(uri, STAGE_CLASSIFY) for uri in bad.uris]),
+                    label="Failed")

@@ -1,8 +1,9 @@
 """Step 3: batches of decoded images → logits + embedding → top-k labels.
 
-`HubClassifierHandler` is a RunInference `ModelHandler`. Its elements are
-DecodedBatches (images are batched before decoding, in transforms/decode.py,
-so that they are decoded straight into the array the model takes).
+`HubClassifierHandler` is a RunInference `ModelHandler` for pre-batched
+input: its elements are DecodedBatches (images are batched before decoding,
+in transforms/decode.py, so that they are decoded straight into the array
+the model takes), and RunInference skips its own batching.
 RunInference loads the module once per worker process through Beam's
 `Shared`, so every thread of a worker uses the same copy. Beam's own
 TFModelHandler* cannot load TF1 Hub format modules; loading lives in
@@ -108,23 +109,23 @@ def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
                          prob_delta, embedding_delta)
 
 
-class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
+class HubClassifierHandler(ModelHandler[np.ndarray, PredictionResult,
                                         ImageClassifier]):
     """RunInference handler for the TF-Hub MobileNet V2 classifier.
 
-    Its examples are whole DecodedBatches (batched before decoding, see
-    transforms/decode.py), so RunInference passes them one at a time and
-    each model call takes one ready-made array. Yields
+    Its examples are images, and its input comes pre-batched: each element
+    is a DecodedBatch (batched before decoding, see transforms/decode.py),
+    which RunInference hands to `run_inference` as one batch, one
+    ready-made array per model call. Yields one
     PredictionResult(example=DecodedBatch, inference=Classifications,
-    model_id=handle).
+    model_id=handle) per batch.
     """
 
     def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
                  embedding_model: Optional[str] = None,
                  model_cache_dir: Optional[str] = None, backend: str = "tf",
                  inference_threads: Optional[int] = None):
-        # One DecodedBatch per model call: the images are batched already.
-        super().__init__(min_batch_size=1, max_batch_size=1)
+        super().__init__()
         self._model = model
         self._model_id = redact(model)  # as written to Parquet and logs
         self._embedding_model = embedding_model
@@ -153,33 +154,36 @@ class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
                 f"file has {len(self._labels)} lines")
         return classifier
 
-    def run_inference(self, batch: Sequence[DecodedBatch],
-                      model: ImageClassifier,
+    def should_skip_batching(self) -> bool:
+        # Elements are DecodedBatches already (the Beam API's "pre-batched"
+        # input, as with_no_batching() gives).
+        return True
+
+    def run_inference(self, batch: DecodedBatch, model: ImageClassifier,
                       inference_args: Optional[Dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
         while _UNREPORTED_LOADS:
             _UNREPORTED_LOADS.pop()
             Metrics.counter(METRICS_NAMESPACE, "module_loads").inc()
-        return [PredictionResult(images, classify_batch(
-            model, images.pixels, self._label_array, self._top_k),
-            self._model_id) for images in batch]
+        return [PredictionResult(batch, classify_batch(
+            model, batch.pixels, self._label_array, self._top_k),
+            self._model_id)]
 
-    def get_num_bytes(self, batch: Sequence[DecodedBatch]) -> int:
+    def get_num_bytes(self, batch: DecodedBatch) -> int:
         # The default pickles the whole batch just to measure it.
-        return sum(images.pixels.nbytes for images in batch)
+        return batch.pixels.nbytes
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
 
-def _failed_batch_errors(failed: Tuple[Sequence[DecodedBatch], BaseException]
+def _failed_batch_errors(failed: Tuple[DecodedBatch, BaseException]
                          ) -> Iterable:
     """RunInference's dead letter (batch, exception) → one ErrorRecord per
     image, so a failed batch loses nothing."""
     batch, exc = failed
-    for images in batch:
-        for uri in images.uris:
-            yield error_record(uri, STAGE_CLASSIFY, exc)
+    for uri in batch.uris:
+        yield error_record(uri, STAGE_CLASSIFY, exc)
 
 
 class Classify(beam.PTransform):
