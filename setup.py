@@ -10,6 +10,7 @@ REQUIRED = [
     "tensorflow>=2.21.0,<2.22",  # one TF distribution only (not tensorflow-cpu too)
     "tensorflow-hub==0.16.1",
     "tf-keras>=2.21.0,<2.22",  # tensorflow-hub 0.16.1 imports it
+    "setuptools<82",  # tensorflow-hub 0.16.1 imports pkg_resources, which setuptools 82 removed
     "pyarrow>=17",
     "google-cloud-storage>=2.16",
     "pillow>=11",
