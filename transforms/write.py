@@ -104,15 +104,6 @@ def _chunk_path(output: str, prefix: str, run_id: str,
     return output_path(output, f"{prefix}-{run_id}-{digest}{PARQUET_SUFFIX}")
 
 
-def write_chunk(table: pa.Table, output: str, prefix: str,
-                run_id: str) -> str:
-    """Commit one chunk of rows as a Parquet file; return its final path."""
-    final = _chunk_path(output, prefix, run_id,
-                        table.column("uri").to_pylist())
-    _commit(table, _temporary_path(output, final.rsplit("/", 1)[-1]), final)
-    return final
-
-
 class _StreamedFile:
     """A Parquet file under _incomplete/ that row groups are appended to."""
 
