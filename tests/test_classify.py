@@ -119,7 +119,12 @@ def test_handler_runs_decoded_batches_and_checks_labels(
                           np.full(4, 500, np.int32), np.full(4, 375, np.int32),
                           ("JPEG",) * 4)
     [result] = handler.run_inference(images, model)
-    assert result.example is images
+    # The files' facts ride along; the pixels stay behind.
+    assert result.example.uris == images.uris
+    assert result.example.formats == images.formats
+    assert result.example.widths is images.widths
+    assert result.example.heights is images.heights
+    assert not hasattr(result.example, "pixels")
     assert result.inference.top_k_labels.shape == (4, 3)
     assert handler.get_num_bytes(images) == 4 * 96 * 96 * 3 * 4
 

@@ -83,6 +83,17 @@ def test_rows_stream_into_row_groups_and_every_file_is_full(tmp_path):
     assert [first.metadata.row_group(i).num_rows
             for i in range(first.num_row_groups)] == [1024, 1024, 452]
     assert rest.metadata.num_rows == 60
+    # Statistics for the columns a reader filters on, none for the
+    # embedding; dictionaries for the repetitive strings only.
+    group = first.metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i)
+               for i in range(group.num_columns)}
+    assert columns["score"].statistics.has_min_max
+    assert columns["width"].statistics.has_min_max
+    assert columns["embedding.list.element"].statistics is None
+    assert "RLE_DICTIONARY" in columns["label"].encodings
+    assert "RLE_DICTIONARY" not in columns["uri"].encodings
+    assert "RLE_DICTIONARY" not in columns["embedding.list.element"].encodings
     read_back = pa.concat_tables([first.read(), rest.read()])
     assert read_back.equals(expected)
     # The name's digest is that of the chunk's URIs, as before streaming.

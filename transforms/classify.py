@@ -109,7 +109,7 @@ def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
                          prob_delta, embedding_delta)
 
 
-class HubClassifierHandler(ModelHandler[np.ndarray, PredictionResult,
+class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
                                         ImageClassifier]):
     """RunInference handler for the TF-Hub MobileNet V2 classifier.
 
@@ -117,7 +117,7 @@ class HubClassifierHandler(ModelHandler[np.ndarray, PredictionResult,
     is a DecodedBatch (batched before decoding, see transforms/decode.py),
     which RunInference hands to `run_inference` as one batch, one
     ready-made array per model call. Yields one
-    PredictionResult(example=DecodedBatch, inference=Classifications,
+    PredictionResult(example=ImageFacts, inference=Classifications,
     model_id=handle) per batch.
     """
 
@@ -165,7 +165,9 @@ class HubClassifierHandler(ModelHandler[np.ndarray, PredictionResult,
         while _UNREPORTED_LOADS:
             _UNREPORTED_LOADS.pop()
             Metrics.counter(METRICS_NAMESPACE, "module_loads").inc()
-        return [PredictionResult(batch, classify_batch(
+        # The example keeps the files' facts, not the pixels: downstream
+        # needs no pixels, and Beam would pickle them to sample sizes.
+        return [PredictionResult(batch.facts, classify_batch(
             model, batch.pixels, self._label_array, self._top_k),
             self._model_id)]
 

@@ -237,11 +237,13 @@ class ReadImages(beam.PTransform):
 
     def expand(self, pbegin):
         if self._file_pattern is not None:
-            # Plain URIs from here: cheaper to shuffle than FileMetadata.
-            # (Sizes are enforced while reading: at most max_bytes + 1.)
-            files = (pbegin
-                     | "MatchFiles" >> fileio.MatchFiles(self._file_pattern)
-                     | "Paths" >> beam.Map(lambda metadata: metadata.path))
+            files = pbegin | "MatchFiles" >> fileio.MatchFiles(
+                self._file_pattern)
+            if self._spread or self._exclude_outputs:
+                # Plain URIs from here: cheaper to shuffle than FileMetadata.
+                # (Sizes are enforced while reading: at most max_bytes + 1.)
+                files = files | "Paths" >> beam.Map(
+                    lambda metadata: metadata.path)
         else:
             files = (pbegin
                      | "ReadManifest" >> beam.io.ReadFromText(self._manifest)

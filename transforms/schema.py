@@ -84,6 +84,20 @@ def dictionary_columns(schema: pa.Schema) -> List[str]:
     return columns
 
 
+def statistics_columns(schema: pa.Schema) -> List[str]:
+    """Parquet column paths worth min/max statistics: all but the
+    embedding. Its min/max over 1280 floats per row says nothing a reader
+    could filter on, and computing them took half of the writing time
+    (13 of 25 ms per 1,024 rows)."""
+    columns = []
+    for field in schema:
+        if field.name == "embedding":
+            continue
+        columns.append(f"{field.name}.list.element"
+                       if pa.types.is_list(field.type) else field.name)
+    return columns
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 

@@ -34,7 +34,8 @@ from transforms import tally
 from transforms.errors import METRICS_NAMESPACE, ErrorRecord
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX,
-                               dictionary_columns, error_row)
+                               dictionary_columns, error_row,
+                               statistics_columns)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ ROW_GROUP_ROWS = 1024
 
 def _parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(handle, schema, compression="snappy",
-                            use_dictionary=dictionary_columns(schema))
+                            use_dictionary=dictionary_columns(schema),
+                            write_statistics=statistics_columns(schema))
 
 
 @retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
