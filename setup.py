@@ -40,5 +40,5 @@ setuptools.setup(
     include_package_data=True,
     install_requires=REQUIRED,
     extras_require={"test": TEST},
-    entry_points={"console_scripts": ["label-images=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["label-images=pipeline.cli:console_main"]},
 )

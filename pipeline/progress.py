@@ -83,15 +83,13 @@ def top_labels(label_files: List[str], n: int = 10
                ) -> List[Tuple[str, int]]:
     """The n most frequent top-1 labels over the given Parquet files
     (reads only the `label` column)."""
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    from transforms.schema import read_columns  # pylint: disable=import-outside-toplevel
     counts: Dict[str, int] = collections.Counter()
     for path in label_files:
         with FileSystems.open(path) as handle:
-            # use_threads=False: see transforms/read.py read_uri_column.
-            counts.update(pq.read_table(handle, columns=["label"],
-                                        use_threads=False)
-                          .column("label").to_pylist())
+            counts.update(read_columns(handle, ["label"]).column("label")
+                          .to_pylist())
     return counts.most_common(n)
 
 

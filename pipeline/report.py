@@ -84,13 +84,13 @@ def _match(pattern: str) -> List[str]:
 
 
 def _read_rows(path: str, columns: Sequence[str]) -> List[Dict[str, object]]:
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    from transforms.schema import read_columns  # pylint: disable=import-outside-toplevel
     try:
         with FileSystems.open(path, compression_type=CompressionTypes
                               .UNCOMPRESSED) as handle:
-            table = pq.read_table(handle, columns=list(columns))
+            table = read_columns(handle, columns)
     except Exception as exc:  # pylint: disable=broad-except
         raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
     return table.to_pylist()

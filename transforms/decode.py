@@ -70,6 +70,10 @@ CENTRAL_FRACTION = 0.875
 # We enforce our own pixel limit before decoding; Pillow's warning for large
 # images would only repeat it, at a different threshold.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+# Import Pillow's format plugins now, not on the first Image.open with WebP
+# or TIFF allowed: that took ~60-90 ms inside the first batch, on a decode
+# thread holding the import lock the others then waited on.
+Image.init()
 
 _ORIENTATION_TAG = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})

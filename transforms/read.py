@@ -171,12 +171,9 @@ def _uri_of(element: Union[FileMetadata, str]) -> str:
 
 def read_uri_column(readable_file) -> List[str]:
     """The `uri` column of one finished output file (for --resume)."""
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    from transforms.schema import read_columns  # pylint: disable=import-outside-toplevel
     with readable_file.open() as handle:
-        # use_threads=False: Arrow's thread pool, started beside TensorFlow in
-        # one process, aborts the process at exit ("terminate called ...").
-        return pq.read_table(handle, columns=["uri"], use_threads=False) \
-            .column("uri").to_pylist()
+        return read_columns(handle, ["uri"]).column("uri").to_pylist()
 
 
 class _KeepUnfinished(beam.DoFn):

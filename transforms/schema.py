@@ -30,9 +30,10 @@ errors-*.parquet, one row per image that could not be labeled:
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, List
+from typing import Any, BinaryIO, Dict, List, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from transforms.errors import ErrorRecord
 
@@ -96,6 +97,19 @@ def statistics_columns(schema: pa.Schema) -> List[str]:
         columns.append(f"{field.name}.list.element"
                        if pa.types.is_list(field.type) else field.name)
     return columns
+
+
+def read_columns(handle: BinaryIO, columns: Sequence[str]) -> pa.Table:
+    """Some columns of one Parquet file, from an open (Python) file object.
+
+    Read on the calling thread only: no dataset scanner, no pre-buffering,
+    no thread pool. `pq.read_table` reads through Arrow's I/O threads even
+    with use_threads=False, and an Arrow thread that takes the GIL to call
+    the Python file while the interpreter exits aborts the process
+    ("terminate called without an active exception"; apache/arrow#34314).
+    """
+    return pq.ParquetFile(handle, pre_buffer=False).read(
+        columns=list(columns), use_threads=False)
 
 
 def utc_now() -> datetime.datetime:
