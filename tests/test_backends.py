@@ -17,7 +17,7 @@ from tests.conftest import (LABELS_FILE, PHOTOS_DIR, photo_paths,
 from transforms.classify import BackendParity, backend_parity
 from transforms.decode import DecodeSettings, decode_image
 from transforms.model import Conversion, load_classifier
-from transforms.threaded import ThreadedDoFn
+from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 SETTINGS = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
 
@@ -134,14 +134,15 @@ class _Square(ThreadedDoFn):
         return [element * element]
 
 
-def test_threaded_dofn_emits_everything_in_its_window():
+@pytest.mark.parametrize("threads", [3, 1])
+def test_threaded_dofn_emits_everything_in_its_window(threads):
     values = list(range(500))
     with BeamTestPipeline() as pipeline:
         results = (pipeline
                    | beam.Create(values)
                    | beam.Map(lambda v: window.TimestampedValue(v, v))
                    | beam.WindowInto(window.FixedWindows(100))
-                   | beam.ParDo(_Square(threads=3)).with_outputs(
+                   | threaded_pardo(_Square(threads=threads)).with_outputs(
                        "sevens", main="squares"))
         assert_that(results.squares, equal_to(
             [v * v for v in values if v % 7]), label="squares")

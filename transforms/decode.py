@@ -61,7 +61,7 @@ from PIL import Image
 from transforms.errors import (ERRORS_TAG, STAGE_DECODE, ErrorRecord,
                                ImageError, error_record)
 from transforms.read import ImageBytes
-from transforms.threaded import ThreadedDoFn
+from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 #: The module's input contract (model card): 96×96 RGB, central crop 87.5%.
 IMAGE_SIZE = 96
@@ -564,7 +564,7 @@ class DecodeAndPreprocess(beam.PTransform):
             | "Batch" >> beam.BatchElements(
                 min_batch_size=self._batch_sizes[0],
                 max_batch_size=self._batch_sizes[1])
-            | "Decode" >> beam.ParDo(DecodeImages(
+            | "Decode" >> threaded_pardo(DecodeImages(
                 self._settings, self._threads, self._batches_in_flight)
             ).with_output_types(DecodedBatch, **{ERRORS_TAG: ErrorRecord})
             .with_outputs(ERRORS_TAG, main="images"))

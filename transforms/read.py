@@ -24,7 +24,7 @@ from apache_beam.utils import retry
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
                                ImageError, error_record)
 from transforms import tally
-from transforms.threaded import ThreadedDoFn
+from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class ReadImages(beam.PTransform):
                 files = files | "Spread" >> beam.Reshuffle()
         else:
             files = files | "Deduplicate" >> beam.Distinct()
-        results = files | "ReadBytes" >> beam.ParDo(
+        results = files | "ReadBytes" >> threaded_pardo(
             ReadImageBytes(self._max_bytes, self._allowed_schemes,
                            self._threads)
         ).with_outputs(ERRORS_TAG, main="images")

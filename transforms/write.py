@@ -303,7 +303,7 @@ class _Finish(beam.DoFn):
         self._run_id = run_id
         self._details = details
 
-    def process(self, _, files: List[str]) -> Iterable[str]:
+    def process(self, _once, files: List[str]) -> Iterable[str]:
         files = list(files)
         for prefix, schema in ((LABELS_PREFIX, LABELS_SCHEMA),
                                (ERRORS_PREFIX, ERRORS_SCHEMA)):
