@@ -3,7 +3,10 @@ overlaps decoding with inference."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -155,3 +158,21 @@ def test_threaded_dofn_emits_everything_in_its_window(threads):
         assert_that(per_window, equal_to(
             [sum(1 for v in range(s, s + 100) if v % 7)
              for s in range(0, 500, 100)]), label="windows")
+
+
+class _Niceness(ThreadedDoFn):
+    def work(self, element):
+        return [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="per-thread niceness is Linux behaviour")
+def test_pool_threads_run_at_the_given_niceness_and_the_caller_does_not():
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with BeamTestPipeline() as pipeline:
+        seen = (pipeline
+                | beam.Create(range(12))
+                | threaded_pardo(_Niceness(threads=3, niceness=7)))
+        assert_that(seen, equal_to([max(own, 7)] * 12))
+    assert os.getpriority(os.PRIO_PROCESS,
+                          threading.get_native_id()) == own

@@ -13,11 +13,29 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
+import os
+import sys
+import threading
 from typing import Any, Deque, Iterable, Iterator, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def lower_this_thread_priority(niceness: int) -> None:
+    """Give the calling thread this nice value (Linux: niceness is per
+    thread). Elsewhere, or if refused, the thread keeps its priority."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError:
+        _LOGGER.debug("could not lower the priority of a pool thread",
+                      exc_info=True)
 
 
 class ThreadedDoFn(beam.DoFn):
@@ -30,11 +48,14 @@ class ThreadedDoFn(beam.DoFn):
     and not yet emitted per bundle, so memory stays bounded whatever the
     bundle size. It should cover what downstream holds back at a time (a
     whole batch), or the pool idles while the bundle thread runs inference.
+    With `niceness` > 0 the pool threads run at that lower priority (Linux).
     """
 
-    def __init__(self, threads: int, max_in_flight: int = 0):
+    def __init__(self, threads: int, max_in_flight: int = 0,
+                 niceness: int = 0):
         self.threads = threads
         self._threads = threads
+        self._niceness = niceness
         self._max_in_flight = max(1, max_in_flight or 4 * threads)
         self._pool = None
         self._pending: Deque[Tuple[concurrent.futures.Future, Any, Any]] = \
@@ -50,7 +71,9 @@ class ThreadedDoFn(beam.DoFn):
     def setup(self):
         if self._threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                self._threads, thread_name_prefix=type(self).__name__)
+                self._threads, thread_name_prefix=type(self).__name__,
+                initializer=lower_this_thread_priority,
+                initargs=(self._niceness,))
 
     def teardown(self):
         if self._pool is not None:
