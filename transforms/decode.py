@@ -515,7 +515,7 @@ def decode_batch(batch: Sequence[ImageBytes], settings: DecodeSettings,
 #: reads, Beam, rows) is the job's critical path, while the decode threads
 #: work ahead on a queue of batches: at a lower priority they take the
 #: cores whenever it does not need them, instead of stretching every model
-#: call. In paired rounds: tf 416 vs 383 img/s, xnnpack 571 vs 550 (4 each).
+#: call. Paired rounds (means of 8): tf 407 vs 381 img/s, xnnpack 577 vs 569.
 DECODE_THREAD_NICENESS = 10
 
 
