@@ -54,7 +54,6 @@ class ThreadedDoFn(beam.DoFn):
     def __init__(self, threads: int, max_in_flight: int = 0,
                  niceness: int = 0):
         self.threads = threads
-        self._threads = threads
         self._niceness = niceness
         self._max_in_flight = max(1, max_in_flight or 4 * threads)
         self._pool = None
@@ -69,9 +68,9 @@ class ThreadedDoFn(beam.DoFn):
         the place for Beam metrics, which pool threads cannot update."""
 
     def setup(self):
-        if self._threads > 1:
+        if self.threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                self._threads, thread_name_prefix=type(self).__name__,
+                self.threads, thread_name_prefix=type(self).__name__,
                 initializer=lower_this_thread_priority,
                 initargs=(self._niceness,))
 
