@@ -85,9 +85,7 @@ class ThreadedDoFn(beam.DoFn):
     def process(self, element, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam) -> Iterator[Any]:
         if self._pool is None:
-            for output in self.work(element):
-                self.emitted(output)
-                yield output
+            yield from self.run_inline(element)
             return
         self._pending.append((self._pool.submit(self._run, element),
                               window, timestamp))
@@ -100,6 +98,12 @@ class ThreadedDoFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
             yield from self._emit(self._pending.popleft())
+
+    def run_inline(self, element) -> Iterator[Any]:
+        """The work for one element, on the calling thread."""
+        for output in self.work(element):
+            self.emitted(output)
+            yield output
 
     def _run(self, element):
         return list(self.work(element))
@@ -131,9 +135,7 @@ class _InlineDoFn(beam.DoFn):
         self._threaded.teardown()
 
     def process(self, element) -> Iterator[Any]:
-        for output in self._threaded.work(element):
-            self._threaded.emitted(output)
-            yield output
+        return self._threaded.run_inline(element)
 
 
 def threaded_pardo(dofn: ThreadedDoFn) -> beam.ParDo:
