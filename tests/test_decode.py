@@ -264,3 +264,31 @@ def test_decoded_batches_have_a_coder_that_sizes_them_without_pickling(
     encoded = len(coder.encode(batch))
     monkeypatch.setattr(decode.pickle, "dumps", None)
     assert abs(coder.estimate_size(batch) - encoded) < 0.01 * encoded
+
+
+@pytest.mark.parametrize("min_batch_size, fixed",
+                         [(None, True), (4, False)])
+def test_batches_have_a_fixed_size_unless_a_minimum_is_given(
+        min_batch_size, fixed):
+    """Fixed-size batches by default: each new batch shape costs the tf
+    backend a kernel set-up. With a minimum, Beam's BatchElements adapts
+    the sizes between the bounds, starting from the minimum."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+    images = [ImageBytes(str(p), _read(p)) for p in photo_paths()]
+    expected = [32] * (len(images) // 32) + [len(images) % 32]
+
+    def check(sizes):
+        assert sum(sizes) == len(images)
+        if fixed:
+            assert sorted(sizes, reverse=True) == expected, sizes
+        else:
+            assert min(sizes) < 32 and max(sizes) <= 32, sizes
+
+    with beam.Pipeline() as pipeline:
+        decoded = (pipeline | beam.Create(images, reshuffle=False)
+                   | DecodeAndPreprocess(SETTINGS,
+                                         min_batch_size=min_batch_size,
+                                         max_batch_size=32))
+        assert_that(decoded["images"] | beam.Map(len)
+                    | beam.combiners.ToList(), lambda got: check(got[0]))

@@ -62,6 +62,16 @@ def test_config_sets_values_and_flags_override(tmp_path):
     assert options.view_as(DebugOptions).experiments == ["a", "b"]
 
 
+@pytest.mark.parametrize("flags, sizes", [
+    ([], (64, 64)),  # fixed-size batches by default
+    (["--max_batch_size", "32"], (32, 32)),
+    (["--min_batch_size", "8"], (8, 64)),
+])
+def test_batch_bounds(flags, sizes):
+    args, _ = parse_args(BASE + flags)
+    assert (args.min_batch_size, args.max_batch_size) == sizes
+
+
 @pytest.mark.parametrize("argv, message", [
     (BASE + ["--bogus", "1"], "unknown option --bogus"),
     (BASE + ["--top_k", "0"], "--top_k"),

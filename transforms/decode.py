@@ -552,19 +552,20 @@ class DecodeAndPreprocess(beam.PTransform):
     ErrorRecord}.
 
     Images are batched here, before decoding (Beam's BatchElements, between
-    `min_batch_size` and `max_batch_size`), so that everything downstream
-    (the decode hand-off, the model call, rows, Parquet) works a batch at a
-    time instead of paying Python and Beam overhead per image. Each batch
+    `min_batch_size` and `max_batch_size`; with min_batch_size None, every
+    batch but the last has max_batch_size images), so that everything
+    downstream (the decode hand-off, the model call, rows, Parquet) works a
+    batch at a time instead of paying Python and Beam overhead per image. Each batch
     is decoded into the array the model takes, with no copy in between.
     """
 
     def __init__(self, settings: DecodeSettings, threads: int = 1, *,
-                 min_batch_size: int = 16, max_batch_size: int = 64,
-                 batches_in_flight: int = 0):
+                 min_batch_size: Optional[int] = None,
+                 max_batch_size: int = 64, batches_in_flight: int = 0):
         super().__init__()
         self._settings = settings
         self._threads = threads
-        self._batch_sizes = (min_batch_size, max_batch_size)
+        self._batch_sizes = (min_batch_size or max_batch_size, max_batch_size)
         self._batches_in_flight = batches_in_flight
 
     def expand(self, images):
