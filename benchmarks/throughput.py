@@ -84,8 +84,9 @@ def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
         for _ in range(rounds):
             for threads, pool in pools.items():
                 rates[threads].append(_streamed_rate(
-                    pool, lambda b: len(decode_batch(b, settings)[0]),
-                    batches, 2 * threads, seconds / rounds / len(counts)))
+                    pool, threads,
+                    lambda b: len(decode_batch(b, settings)[0]), batches,
+                    seconds / rounds / len(counts)))
     finally:
         for pool in pools.values():
             pool.shutdown()
@@ -96,31 +97,49 @@ def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
     return medians[best], best
 
 
-def _streamed_rate(pool: concurrent.futures.Executor, work, items: list,
-                   in_flight: int, seconds: float) -> float:
-    """Items/s of `work` (returning how many images it did) with the pool
-    kept full: a new task is submitted as each one finishes, and the rate
-    counts the images finished after the first completion, over the time
-    to the last one. Waiting for all threads between rounds of tasks would
-    idle cores and understate the rate."""
-    pending = {pool.submit(work, items[i % len(items)])
+def _streamed_rate(pool: concurrent.futures.Executor, threads: int, work,
+                   items: list, seconds: float) -> float:
+    """Images/s of `work` (returning how many images it did) on a pool of
+    `threads`, kept full for `seconds`: two tasks per thread are in flight,
+    and a new one is submitted as each finishes.
+
+    Each task's images are counted in proportion to the part of its run
+    that falls inside the window (from the moment every thread is busy to
+    the last submission), so tasks cut by the window's edges are neither
+    counted whole nor dropped. Waiting for all threads between rounds of
+    tasks would idle cores and understate the rate."""
+    spans: List[Tuple[float, float, int]] = []
+
+    def timed(item):
+        start = time.perf_counter()
+        images = work(item)
+        spans.append((start, time.perf_counter(), images))
+        return images
+
+    begin = time.perf_counter()
+    deadline = begin + seconds
+    in_flight = 2 * threads
+    pending = {pool.submit(timed, items[i % len(items)])
                for i in range(in_flight)}
-    submitted, first, last, done = in_flight, None, None, 0
-    deadline = time.perf_counter() + seconds
+    submitted = in_flight
     while pending:
         finished, pending = concurrent.futures.wait(
             pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        now = time.perf_counter()
-        images = sum(f.result() for f in finished)
-        if first is None:
-            first = now
-        else:
-            done, last = done + images, now
-        if now < deadline:
-            for _ in finished:
-                pending.add(pool.submit(work, items[submitted % len(items)]))
+        for future in finished:
+            future.result()
+            if time.perf_counter() < deadline:
+                pending.add(pool.submit(timed,
+                                        items[submitted % len(items)]))
                 submitted += 1
-    return done / (last - first) if last and last > first else 0.0
+    # The window opens when the last of the first tasks has started (every
+    # thread busy) and closes at the deadline (the pool full until then).
+    first_starts = sorted(start for start, _, _ in spans)
+    window_open = first_starts[min(len(first_starts), threads) - 1]
+    window_close = deadline
+    done = sum(images * max(0.0, min(end, window_close) -
+                            max(start, window_open)) / (end - start)
+               for start, end, images in spans if end > start)
+    return done / (window_close - window_open)
 
 
 def fast_jpeg_deviation() -> Tuple[float, float]:

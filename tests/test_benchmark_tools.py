@@ -36,5 +36,5 @@ def test_streamed_rate_keeps_every_thread_busy():
         return 10
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        rate = _streamed_rate(pool, work, [0.010, 0.030], 4, seconds=1.0)
+        rate = _streamed_rate(pool, 2, work, [0.010, 0.030], seconds=1.0)
     assert 850 < rate < 1100, rate
