@@ -555,8 +555,9 @@ class DecodeAndPreprocess(beam.PTransform):
     `min_batch_size` and `max_batch_size`; with min_batch_size None, every
     batch but the last has max_batch_size images), so that everything
     downstream (the decode hand-off, the model call, rows, Parquet) works a
-    batch at a time instead of paying Python and Beam overhead per image. Each batch
-    is decoded into the array the model takes, with no copy in between.
+    batch at a time instead of paying Python and Beam overhead per image.
+    Each batch is decoded into the array the model takes, with no copy in
+    between.
     """
 
     def __init__(self, settings: DecodeSettings, threads: int = 1, *,
