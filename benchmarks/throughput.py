@@ -9,6 +9,8 @@ names (byte-identical), then measures, each as images/s:
   (b) model alone (in memory, the pipeline's batch size), per backend
   (c) the ceiling 1 / (1/a + 1/b), per backend
   (d) the full pipeline through the CLI on the corpus, per backend
+  (d0) the job's own steps in a plain loop without Beam, per backend:
+       where the gap between (d) and (c) lies
   (e) the baseline ../shared/bench/naive_beam.py on the same corpus
 and the ratios d/c and d/e; peak memory (sum of RSS over the process tree)
 for N and 4×N; module loads per worker process.
@@ -175,6 +177,75 @@ def measure_model(model: str, backend: str, batch: int = 64,
     return done / (time.perf_counter() - start)
 
 
+def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
+                       batch: int, decode_threads: int) -> float:
+    """(d0): images/s of the job's own steps on the corpus in a plain loop,
+    without Beam: match, read, decode on `decode_threads` threads (as the
+    pipeline does), classify on this thread, rows, one Parquet file.
+
+    Timed from the match to the closed file; the module is loaded before,
+    as the pipeline's launch checks load it before its labeling time. Set
+    beside (d) and (c), it splits the gap between the job and the ceiling
+    into what running on Beam costs (d0 - d) and what remains without it
+    (c - d0): reading, rows, Parquet, and decode sharing the cores."""
+    import numpy as np
+    import pyarrow as pa
+    from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+    from transforms.classify import classify_batch
+    from transforms.decode import (DECODE_THREAD_NICENESS, DecodeSettings,
+                                   allowed_formats, decode_batch)
+    from transforms.model import load_classifier
+    from transforms.read import ImageBytes, read_file_bytes
+    from transforms.rows import label_batch
+    from transforms.schema import LABELS_SCHEMA
+    from transforms.threaded import lower_this_thread_priority
+    from transforms.write import ROW_GROUP_ROWS, _parquet_writer
+    from apache_beam.ml.inference.base import PredictionResult
+    settings = DecodeSettings(DEFAULT_MAX_PIXELS,
+                              allowed_formats(DEFAULT_FORMATS.split(",")))
+    labels = np.asarray(LABELS.read_text().splitlines(), dtype=object)
+    classifier, _ = load_classifier(model, backend=backend)
+    in_flight = 2 * (decode_threads + 1)  # as pipeline/job.py
+    labeled = 0
+    pool = concurrent.futures.ThreadPoolExecutor(
+        decode_threads, initializer=lower_this_thread_priority,
+        initargs=(DECODE_THREAD_NICENESS,))
+    start = time.perf_counter()
+    rows: List[pa.RecordBatch] = []
+
+    def write(writer, least: int) -> None:  # row groups as the job's
+        if rows and sum(len(r) for r in rows) >= least:
+            writer.write_table(pa.Table.from_batches(rows),
+                               row_group_size=ROW_GROUP_ROWS)
+            rows.clear()
+
+    with pool, _parquet_writer(str(output), LABELS_SCHEMA) as writer:
+        def label(future) -> int:
+            decoded, _errors = future.result()
+            answers = classify_batch(classifier, decoded.pixels, labels, 5)
+            rows.append(label_batch(PredictionResult(
+                decoded.facts, answers, model), backend))
+            write(writer, ROW_GROUP_ROWS)
+            return len(decoded.uris)
+
+        files = sorted(glob.glob(str(corpus / "*.JPEG")))
+        pending: List[concurrent.futures.Future] = []
+        for i in range(0, len(files), batch):
+            images = [ImageBytes(f, read_file_bytes(f, 1 << 26))
+                      for f in files[i:i + batch]]
+            pending.append(pool.submit(decode_batch, images, settings))
+            while pending and (pending[0].done() or
+                               len(pending) >= in_flight):
+                labeled += label(pending.pop(0))
+        while pending:
+            labeled += label(pending.pop(0))
+        write(writer, 1)
+    rate = labeled / (time.perf_counter() - start)
+    if labeled != len(files):
+        raise RuntimeError(f"plain loop labeled {labeled} of {len(files)}")
+    return rate
+
+
 class PeakRss:
     """Samples the summed RSS of a process and all its descendants.
 
@@ -285,7 +356,8 @@ def _median(values: List[float]) -> float:
 
 
 def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
-              extra: List[str], batch: int, index: int) -> Dict[str, object]:
+              extra: List[str], batch: int, decode_threads: int, index: int
+              ) -> Dict[str, object]:
     """One round of every measurement, back to back."""
     trial: Dict[str, object] = {"per_backend": {}}
     decode_rates = []
@@ -296,6 +368,8 @@ def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
                                                             batch)
         run = run_pipeline(corpus, workdir / f"out-{backend}", model, backend,
                            extra, workdir / f"pipeline-{backend}-{index}.log")
+        loop_ips = measure_plain_loop(corpus, workdir / "plain-loop.parquet",
+                                      model, backend, batch, decode_threads)
         after = measure_decode(batch=batch), measure_model(model, backend,
                                                            batch)
         decode_ips = (before[0][0] + after[0][0]) / 2
@@ -307,12 +381,15 @@ def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
             "decode_ips": decode_ips,
             "model_ips": model_ips, "ceiling_ips": ceiling_now,
             **{f"pipeline_{k}": v for k, v in run.items()},
+            "plain_loop_ips": loop_ips,
+            "ratio_loop_ceiling": loop_ips / ceiling_now,
+            "ratio_pipeline_loop": run["steady_ips"] / loop_ips,
             "ratio_ceiling": run["steady_ips"] / ceiling_now}
         _LOGGER.info("trial %d, %s: decode %.0f, model %.0f, ceiling %.0f, "
                      "pipeline %.0f while labeling (%.0f with start-up), "
-                     "d/c %.2f", index, backend, decode_ips, model_ips,
-                     ceiling_now, run["steady_ips"], run["ips"],
-                     run["steady_ips"] / ceiling_now)
+                     "plain loop %.0f, d/c %.2f", index, backend, decode_ips,
+                     model_ips, ceiling_now, run["steady_ips"], run["ips"],
+                     loop_ips, run["steady_ips"] / ceiling_now)
     trial["decode_ips"] = _median(decode_rates)
     trial["baseline"] = run_baseline(corpus, workdir / "out-baseline", model,
                                      workdir / f"baseline-{index}.log")
@@ -346,8 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra = args.pipeline_args.split()
     # The model-alone figure uses the pipeline's own batch size.
     from pipeline.options import parse_args as parse_cli_args
-    batch = parse_cli_args(["--input", "x", "--output", "y", *extra]
-                           )[0].max_batch_size
+    cli_args = parse_cli_args(["--input", "x", "--output", "y", *extra])[0]
+    batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
 
     corpus = workdir / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)
@@ -369,8 +446,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             workdir / f"first-{backend}.log")
     extra = extra + ["--model_cache_dir", str(workdir / "model-cache")]
 
-    trials = [run_trial(corpus, workdir, model, backends, extra, batch, i + 1)
-              for i in range(args.trials)]
+    trials = [run_trial(corpus, workdir, model, backends, extra, batch,
+                        decode_threads, i + 1) for i in range(args.trials)]
 
     per_backend: Dict[str, Dict[str, float]] = {}
     for backend in backends:
@@ -478,7 +555,11 @@ def print_table(f: Dict) -> None:
                   f"{b['first_run_launch_s']:.1f} s / "
                   f"{b['pipeline_launch_s']:.1f} s"),
                  (f"    d(labeling)/c, {backend}",
-                  f"{b['ratio_ceiling']:.2f} (trials: {trials})")]
+                  f"{b['ratio_ceiling']:.2f} (trials: {trials})"),
+                 ("(d0) the same steps in a plain loop, no Beam",
+                  f"{b['plain_loop_ips']:.0f} img/s: d0/c "
+                  f"{b['ratio_loop_ceiling']:.2f}, d/d0 "
+                  f"{b['ratio_pipeline_loop']:.2f}")]
     rows += [("(e) baseline naive_beam.py, start-up included",
               f"{f['baseline_ips']:.0f} img/s (whole process "
               f"{f['baseline_process_ips']:.0f})"),

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from benchmarks.throughput import PeakRss, ceiling
+from tests.conftest import LABELS_FILE
 
 
 def test_peak_rss_sums_the_whole_process_tree():
@@ -38,3 +39,38 @@ def test_streamed_rate_keeps_every_thread_busy():
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         rate = _streamed_rate(pool, 2, work, [0.010, 0.030], seconds=1.0)
     assert 850 < rate < 1100, rate
+
+
+def test_plain_loop_labels_every_corpus_image_once(tmp_path, standin_tf1,
+                                                   monkeypatch):
+    """(d0) does the job's work: one row per corpus file, with the labels
+    the module gives each image (batches are not mixed up between the
+    decode threads)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from benchmarks import throughput
+    from transforms.classify import classify_batch
+    from transforms.decode import DecodeSettings, decode_batch
+    from transforms.model import load_classifier
+    from transforms.read import ImageBytes
+    monkeypatch.setattr(throughput, "LABELS", LABELS_FILE)
+    corpus = tmp_path / "corpus"
+    throughput.make_corpus(corpus, 150)
+    output = tmp_path / "loop.parquet"
+    rate = throughput.measure_plain_loop(corpus, output, standin_tf1, "tf",
+                                         batch=64, decode_threads=3)
+    assert rate > 0
+    rows = {r["uri"]: r for r in pq.read_table(output).to_pylist()}
+    files = sorted(str(p) for p in corpus.iterdir())
+    assert sorted(rows) == files
+    sample = files[::19]  # 8 images from different batches
+    pixels = decode_batch([ImageBytes(f, open(f, "rb").read())
+                           for f in sample], DecodeSettings(10**8, ("JPEG",))
+                          )[0].pixels
+    labels = np.asarray(LABELS_FILE.read_text().splitlines(), dtype=object)
+    classifier, _ = load_classifier(standin_tf1)
+    expected = classify_batch(classifier, pixels, labels, 5)
+    for i, uri in enumerate(sample):
+        assert rows[uri]["top_k_indices"] == list(expected.top_k_indices[i])
+        assert abs(rows[uri]["score"] - expected.top_k_scores[i, 0]) < 1e-5
+        assert len(rows[uri]["embedding"]) == 1280
