@@ -178,10 +178,11 @@ def measure_model(model: str, backend: str, batch: int = 64,
 
 
 def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
-                       batch: int, decode_threads: int) -> float:
+                       cli_args: argparse.Namespace) -> float:
     """(d0): images/s of the job's own steps on the corpus in a plain loop,
-    without Beam: match, read, decode on `decode_threads` threads (as the
-    pipeline does), classify on this thread, rows, one Parquet file.
+    without Beam, with the job's options (`cli_args`, as parsed by the CLI):
+    match, read, decode on the job's decode threads, classify on this
+    thread, rows, one Parquet file.
 
     Timed from the match to the closed file; the module is loaded before,
     as the pipeline's launch checks load it before its labeling time. Set
@@ -190,19 +191,18 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
     (c - d0): reading, rows, Parquet, and decode sharing the cores."""
     import numpy as np
     import pyarrow as pa
-    from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+    from pipeline.job import decode_settings
     from transforms.classify import classify_batch
-    from transforms.decode import (DECODE_THREAD_NICENESS, DecodeSettings,
-                                   allowed_formats, decode_batch)
+    from transforms.decode import DECODE_THREAD_NICENESS, decode_batch
     from transforms.model import load_classifier
     from transforms.read import ImageBytes, read_file_bytes
     from transforms.rows import label_batch
     from transforms.schema import LABELS_SCHEMA
     from transforms.threaded import lower_this_thread_priority
-    from transforms.write import ROW_GROUP_ROWS, _parquet_writer
+    from transforms.write import ROW_GROUP_ROWS, parquet_writer
     from apache_beam.ml.inference.base import PredictionResult
-    settings = DecodeSettings(DEFAULT_MAX_PIXELS,
-                              allowed_formats(DEFAULT_FORMATS.split(",")))
+    settings = decode_settings(cli_args)
+    batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
     labels = np.asarray(LABELS.read_text().splitlines(), dtype=object)
     classifier, _ = load_classifier(model, backend=backend)
     in_flight = 2 * (decode_threads + 1)  # as pipeline/job.py
@@ -219,10 +219,11 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
                                row_group_size=ROW_GROUP_ROWS)
             rows.clear()
 
-    with pool, _parquet_writer(str(output), LABELS_SCHEMA) as writer:
+    with pool, parquet_writer(str(output), LABELS_SCHEMA) as writer:
         def label(future) -> int:
             decoded, _errors = future.result()
-            answers = classify_batch(classifier, decoded.pixels, labels, 5)
+            answers = classify_batch(classifier, decoded.pixels, labels,
+                                     cli_args.top_k)
             rows.append(label_batch(PredictionResult(
                 decoded.facts, answers, model), backend))
             write(writer, ROW_GROUP_ROWS)
@@ -231,7 +232,7 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
         files = sorted(glob.glob(str(corpus / "*.JPEG")))
         pending: List[concurrent.futures.Future] = []
         for i in range(0, len(files), batch):
-            images = [ImageBytes(f, read_file_bytes(f, 1 << 26))
+            images = [ImageBytes(f, read_file_bytes(f, cli_args.max_file_bytes))
                       for f in files[i:i + batch]]
             pending.append(pool.submit(decode_batch, images, settings))
             while pending and (pending[0].done() or
@@ -356,10 +357,11 @@ def _median(values: List[float]) -> float:
 
 
 def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
-              extra: List[str], batch: int, decode_threads: int, index: int
+              extra: List[str], cli_args: argparse.Namespace, index: int
               ) -> Dict[str, object]:
     """One round of every measurement, back to back."""
     trial: Dict[str, object] = {"per_backend": {}}
+    batch = cli_args.max_batch_size
     decode_rates = []
     for backend in backends:
         # (a) and (b) bracket (d): measured just before and just after it,
@@ -369,7 +371,7 @@ def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
         run = run_pipeline(corpus, workdir / f"out-{backend}", model, backend,
                            extra, workdir / f"pipeline-{backend}-{index}.log")
         loop_ips = measure_plain_loop(corpus, workdir / "plain-loop.parquet",
-                                      model, backend, batch, decode_threads)
+                                      model, backend, cli_args)
         after = measure_decode(batch=batch), measure_model(model, backend,
                                                            batch)
         decode_ips = (before[0][0] + after[0][0]) / 2
@@ -424,7 +426,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # The model-alone figure uses the pipeline's own batch size.
     from pipeline.options import parse_args as parse_cli_args
     cli_args = parse_cli_args(["--input", "x", "--output", "y", *extra])[0]
-    batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
+    batch = cli_args.max_batch_size
 
     corpus = workdir / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)
@@ -446,8 +448,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             workdir / f"first-{backend}.log")
     extra = extra + ["--model_cache_dir", str(workdir / "model-cache")]
 
-    trials = [run_trial(corpus, workdir, model, backends, extra, batch,
-                        decode_threads, i + 1) for i in range(args.trials)]
+    trials = [run_trial(corpus, workdir, model, backends, extra, cli_args,
+                        i + 1) for i in range(args.trials)]
 
     per_backend: Dict[str, Dict[str, float]] = {}
     for backend in backends:

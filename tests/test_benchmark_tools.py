@@ -49,6 +49,7 @@ def test_plain_loop_labels_every_corpus_image_once(tmp_path, standin_tf1,
     import numpy as np
     import pyarrow.parquet as pq
     from benchmarks import throughput
+    from pipeline.options import parse_args
     from transforms.classify import classify_batch
     from transforms.decode import DecodeSettings, decode_batch
     from transforms.model import load_classifier
@@ -57,8 +58,10 @@ def test_plain_loop_labels_every_corpus_image_once(tmp_path, standin_tf1,
     corpus = tmp_path / "corpus"
     throughput.make_corpus(corpus, 150)
     output = tmp_path / "loop.parquet"
+    cli_args, _ = parse_args(["--input", "x", "--output", "y",
+                              "--max_batch_size", "64"])
     rate = throughput.measure_plain_loop(corpus, output, standin_tf1, "tf",
-                                         batch=64, decode_threads=3)
+                                         cli_args)
     assert rate > 0
     rows = {r["uri"]: r for r in pq.read_table(output).to_pylist()}
     files = sorted(str(p) for p in corpus.iterdir())

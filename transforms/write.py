@@ -67,7 +67,8 @@ def new_run_id() -> str:
 ROW_GROUP_ROWS = 1024
 
 
-def _parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
+def parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
+    """The job's Parquet writer settings, for every file it writes."""
     return pq.ParquetWriter(handle, schema, compression="snappy",
                             use_dictionary=dictionary_columns(schema),
                             write_statistics=statistics_columns(schema))
@@ -89,7 +90,7 @@ def _commit(table: pa.Table, temporary: str, final: str) -> None:
     """Write `table` to `temporary`, then rename it to `final`; idempotent."""
     if not FileSystems.exists(temporary) or not FileSystems.exists(final):
         with FileSystems.create(temporary) as handle:
-            with _parquet_writer(handle, table.schema) as writer:
+            with parquet_writer(handle, table.schema) as writer:
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
     _rename_into_place(temporary, final)
 
@@ -112,7 +113,7 @@ class _StreamedFile:
     def __init__(self, temporary: str, schema: pa.Schema):
         self.temporary = temporary
         self._handle = FileSystems.create(temporary)
-        self._writer = _parquet_writer(self._handle, schema)
+        self._writer = parquet_writer(self._handle, schema)
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
