@@ -191,7 +191,7 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
     (c - d0): reading, rows, Parquet, and decode sharing the cores."""
     import numpy as np
     import pyarrow as pa
-    from pipeline.job import decode_settings
+    from pipeline.job import batches_in_flight, decode_settings
     from transforms.classify import classify_batch
     from transforms.decode import DECODE_THREAD_NICENESS, decode_batch
     from transforms.model import load_classifier
@@ -205,7 +205,7 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
     batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
     labels = np.asarray(LABELS.read_text().splitlines(), dtype=object)
     classifier, _ = load_classifier(model, backend=backend)
-    in_flight = 2 * (decode_threads + 1)  # as pipeline/job.py
+    in_flight = batches_in_flight(decode_threads)
     labeled = 0
     pool = concurrent.futures.ThreadPoolExecutor(
         decode_threads, initializer=lower_this_thread_priority,
@@ -232,8 +232,8 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
         files = sorted(glob.glob(str(corpus / "*.JPEG")))
         pending: List[concurrent.futures.Future] = []
         for i in range(0, len(files), batch):
-            images = [ImageBytes(f, read_file_bytes(f, cli_args.max_file_bytes))
-                      for f in files[i:i + batch]]
+            images = [ImageBytes(f, read_file_bytes(
+                f, cli_args.max_file_bytes)) for f in files[i:i + batch]]
             pending.append(pool.submit(decode_batch, images, settings))
             while pending and (pending[0].done() or
                                len(pending) >= in_flight):
@@ -250,7 +250,7 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
 class PeakRss:
     """Samples the summed RSS of a process and all its descendants.
 
-    Cheap on purpose (~0.1% of a core): it runs beside the pipeline it
+    Cheap on purpose (~0.5% of a core): it runs beside the pipeline it
     measures. Descendants come from /proc/PID/task/TID/children and sizes
     from /proc/PID/statm, instead of scanning every process's status."""
 

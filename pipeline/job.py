@@ -45,6 +45,15 @@ def decode_settings(args: argparse.Namespace) -> DecodeSettings:
         fast_jpeg=args.fast_jpeg)
 
 
+def batches_in_flight(decode_threads: int) -> int:
+    """Batches submitted and not yet classified: two per decode thread and
+    two more, so decoding goes on while the bundle thread runs inference on
+    a finished one, and a thread that finishes while the bundle thread waits
+    on an older batch starts on the next at once (one per thread left it
+    idle then)."""
+    return 2 * (decode_threads + 1)
+
+
 def build(pipeline: beam.Pipeline, args: argparse.Namespace,
           labels: Sequence[str], run_id: str) -> None:
     """Add the labeling transforms to `pipeline`; files are named by run_id."""
@@ -57,15 +66,11 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace,
         threads=args.read_threads or (
             1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS),
         spread=not one_local_worker(pipeline.options))
-    # Batches in flight: two per decode thread and two more, so decoding
-    # goes on while the bundle thread runs inference on a finished one, and
-    # a thread that finishes while the bundle thread waits on an older
-    # batch starts on the next at once (one per thread left it idle then).
     decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         decode_settings(args), args.decode_threads,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
-        batches_in_flight=2 * (args.decode_threads + 1))
+        batches_in_flight=batches_in_flight(args.decode_threads))
     handler = HubClassifierHandler(
         args.model, labels, top_k=args.top_k,
         embedding_model=args.embedding_model,
