@@ -1,5 +1,5 @@
 # One command each, from a fresh clone (needs python3 >= 3.10 with venv):
-#   make demo   set up, then label the 150 sample photos with the stand-in module
+#   make demo   set up, then label generated sample images with the stand-in module
 #   make test   set up, then run the test suite (what CI runs: .ci/run)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +22,9 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "install the Debian packages chromium and chromium-driver for the report test"; fi; }
 
+# Needs no data: the sample images are generated (pipeline/samples.py).
 demo: install
+	$(BIN)/python -m pipeline.samples .cache/demo-images
 	$(BIN)/python -m pipeline --config configs/demo.yaml
 
 # One worker per core, a test module per worker at a time (module fixtures,

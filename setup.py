@@ -37,8 +37,9 @@ setuptools.setup(
                  "MobileNet V2 classifier: labels and embeddings to Parquet."),
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["pipeline", "transforms"],
+    packages=["pipeline", "transforms", "transforms.data"],
     include_package_data=True,
+    package_data={"transforms.data": ["ImageNetLabels.txt"]},  # the module's 1001 class names
     install_requires=REQUIRED,
     extras_require={"test": TEST},
     entry_points={"console_scripts": ["label-images=pipeline.cli:console_main"]},
