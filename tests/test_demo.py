@@ -1,21 +1,27 @@
-"""The demo works on a fresh clone with no ../shared beside it."""
+"""The demo works on a fresh clone with no ../shared beside it; the README
+stays short, and every link in it and in docs/ resolves."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Set
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.options import build_parser
 from pipeline.samples import EXIF_ORIENTATION_TAG, write_samples
 from tests.conftest import LABELS_FILE, PROJECT_ROOT
 from transforms.manifest import committed_files
 
+README_BUDGET_LINES = 200
+# [text](target), the target up to the closing parenthesis.
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 def _project_files() -> List[str]:
     """The files a clone holds: tracked, plus new ones not git-ignored."""
@@ -130,3 +136,58 @@ def test_make_demo_on_a_fresh_clone(clone):
     assert {row["label"] for row in label_rows} <= classes
     assert (clone / ".cache" / "standin-tf1").is_dir()
 
+
+def _doc_files() -> List[Path]:
+    return [PROJECT_ROOT / "README.md",
+            *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def _anchors(markdown: Path) -> Set[str]:
+    """GitHub's ids for a file's headings: lower case, punctuation dropped,
+    spaces to hyphens."""
+    anchors = set()
+    in_code = False
+    for line in markdown.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_readme_fits_its_budget():
+    lines = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_BUDGET_LINES
+
+
+def test_every_relative_link_in_readme_and_docs_resolves():
+    broken = []
+    for doc in _doc_files():
+        for target in MARKDOWN_LINK.findall(doc.read_text()):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # https:, mailto:, ...
+            path_part, _, anchor = target.partition("#")
+            path = (doc.parent / path_part).resolve() if path_part else doc
+            if not path.exists():
+                broken.append(f"{doc.name} -> {target}: no such file")
+            elif anchor and path.suffix == ".md" and \
+                    anchor not in _anchors(path):
+                broken.append(f"{doc.name} -> {target}: no such heading")
+    assert not broken, broken
+
+
+def test_readme_links_every_topic_in_docs():
+    linked = {target.partition("#")[0] for target in MARKDOWN_LINK.findall(
+        (PROJECT_ROOT / "README.md").read_text())}
+    for topic in ("cli", "output", "testing", "architecture", "reliability",
+                  "performance", "running-on-dataflow"):
+        assert f"docs/{topic}.md" in linked, topic
+
+
+def test_cli_doc_names_every_option():
+    text = (PROJECT_ROOT / "docs" / "cli.md").read_text()
+    options = [flag for action in build_parser()._actions  # pylint: disable=protected-access
+               for flag in action.option_strings if flag.startswith("--")]
+    assert options
+    assert [flag for flag in options if f"`{flag}`" not in text] == []
