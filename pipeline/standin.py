@@ -26,9 +26,10 @@ Formats (``fmt``):
   are float32 RGB in [0, 1]; the graph rescales them to [-1, 1]. Graph tensor
   names: ``images:0`` -> ``hub_output/logits:0`` and
   ``hub_output/feature_vector:0`` (read them from the signatures rather than
-  hard-coding them if the real module may be used too). Unlike the
-  real module there is no ``{"train"}`` meta graph (training-mode batch norm is
-  of no use for random weights).
+  hard-coding them if the real module may be used too). By default there is
+  no ``{"train"}`` meta graph and both signatures share the ``images``
+  placeholder; ``build_standin``'s ``train_graph`` and ``separate_inputs``
+  build those variants of the real module's layout.
 * ``"tf2"`` - TF2 SavedModel like versions 4/5 of the real module: a callable
   ``images -> logits`` plus a ``serving_default`` signature.
 * ``"tf2-feature-vector"`` - the matching feature-vector module (like
@@ -56,8 +57,6 @@ import sys
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
-import tf_keras
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 # Not __name__: under `python -m` that would be "__main__".
@@ -73,7 +72,7 @@ FORMATS = ("tf1", "tf2", "tf2-feature-vector")
 
 README_NAME = "STANDIN.txt"
 _HUB_MODULE_PB = "tfhub_module.pb"  # tensorflow_hub.module_v2._MODULE_PROTO_FILENAME_PB
-_IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
+IMAGES_SHAPE = [None, IMAGE_SIZE, IMAGE_SIZE, 3]
 
 _WARNING = (
     "%s is a RANDOM-WEIGHT STAND-IN for %s (format %s, seed %d): same "
@@ -125,12 +124,22 @@ def _module_def_bytes() -> bytes:
     return module_def_cls(format=3).SerializeToString()
 
 
-def _keras_model() -> tf_keras.Model:
+def _import_tf():
+    """TensorFlow and tf_keras, imported when a module is built (importing
+    this module must not load TensorFlow)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    return tf, tf_keras
+
+
+def _keras_model() -> "tf_keras.Model":
     """MobileNet V2 0.5/96 with two outputs, ``[logits, features]``.
 
     Works both eagerly and inside a ``tf.Graph().as_default()`` block. Layer
     names are fixed, so the weight order (and names) are the same every time.
     """
+    _, tf_keras = _import_tf()
     backbone = tf_keras.applications.MobileNetV2(
         input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), alpha=ALPHA, include_top=False,
         weights=None, pooling="avg")
@@ -141,7 +150,7 @@ def _keras_model() -> tf_keras.Model:
                           name="mobilenet_v2_050_96_standin")
 
 
-def _random_weights(weights: Sequence[tf.Variable], seed: int) -> list[np.ndarray]:
+def _random_weights(weights: Sequence["tf.Variable"], seed: int) -> list[np.ndarray]:
     """Seeded values for ``weights`` (in order), chosen by variable kind.
 
     He-normal kernels keep activations in a sane range through all 17 blocks
@@ -177,14 +186,24 @@ def _check_param_count(n_params: int) -> None:
             f"stand-in has {n_params} parameters, expected about {MODEL_CARD_PARAMS}")
 
 
-def _write_tf1(directory: str, seed: int) -> int:
-    """Write the TF1 Hub format module; return the parameter count."""
+def _tf1_graph(training: bool, separate_inputs: bool):
+    """One TF1 graph of the module: (graph, signature_def_map, keras
+    model). `training` builds the training-mode graph of the
+    {"train"} meta graph (batch norm on batch statistics)."""
+    tf, _ = _import_tf()
     graph = tf.Graph()
     with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, _IMAGES_SPEC.shape, name="images")
+        images = tf.compat.v1.placeholder(tf.float32, IMAGES_SHAPE, name="images")
         model = _keras_model()
         # Hub image modules take RGB in [0, 1]; MobileNet expects [-1, 1].
-        logits, features = model(images * 2.0 - 1.0, training=False)
+        logits, features = model(images * 2.0 - 1.0, training=training)
+        feature_images = images
+        if separate_inputs:
+            # A placeholder of its own for image_feature_vector, as a module
+            # built from one module_fn call per signature would have.
+            feature_images = tf.compat.v1.placeholder(
+                tf.float32, IMAGES_SHAPE, name="feature_images")
+            _, features = model(feature_images * 2.0 - 1.0, training=training)
         # Stable, readable tensor names for consumers that prune the graph
         # ("hub_output/logits:0", "hub_output/feature_vector:0"). A bare
         # "logits" would become "logits_1": op names collide case-insensitively
@@ -192,6 +211,22 @@ def _write_tf1(directory: str, seed: int) -> int:
         with tf.name_scope("hub_output"):
             logits = tf.identity(logits, name="logits")
             features = tf.identity(features, name="feature_vector")
+        classify = tf.compat.v1.saved_model.predict_signature_def(
+            inputs={"images": images}, outputs={"default": logits})
+        embed = tf.compat.v1.saved_model.predict_signature_def(
+            inputs={"images": feature_images}, outputs={"default": features})
+    signatures = {"default": classify, "image_classification": classify,
+                  "image_feature_vector": embed}
+    return graph, signatures, model
+
+
+def _write_tf1(directory: str, seed: int, separate_inputs: bool = False,
+               train_graph: bool = False) -> int:
+    """Write the TF1 Hub format module; return the parameter count."""
+    tf, _ = _import_tf()
+    graph, signatures, model = _tf1_graph(False, separate_inputs)
+    builder = tf.compat.v1.saved_model.Builder(directory)
+    with graph.as_default():
         values = _random_weights(model.weights, seed)
         n_params = model.count_params()
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -199,19 +234,18 @@ def _write_tf1(directory: str, seed: int) -> int:
             # (what Variable.load does): no extra assign ops end up in the graph.
             sess.run([w.initializer for w in model.weights],
                      feed_dict={w.initializer.inputs[1]: v for w, v in zip(model.weights, values)})
-            classify = tf.compat.v1.saved_model.predict_signature_def(
-                inputs={"images": images}, outputs={"default": logits})
-            embed = tf.compat.v1.saved_model.predict_signature_def(
-                inputs={"images": images}, outputs={"default": features})
-            builder = tf.compat.v1.saved_model.Builder(directory)
             # Empty tag set, as in the real module: hub.load() passes tags=[]
             # when it finds tfhub_module.pb.
             builder.add_meta_graph_and_variables(
                 sess, tags=[], strip_default_attrs=True,
-                signature_def_map={"default": classify,
-                                   "image_classification": classify,
-                                   "image_feature_vector": embed})
-            builder.save()
+                signature_def_map=signatures)
+    if train_graph:
+        # The real module's second meta graph, over the same variables.
+        train, train_signatures, _ = _tf1_graph(True, separate_inputs)
+        with train.as_default():
+            builder.add_meta_graph(["train"], strip_default_attrs=True,
+                                   signature_def_map=train_signatures)
+    builder.save()
     with open(os.path.join(directory, _HUB_MODULE_PB), "wb") as f:
         f.write(_module_def_bytes())
     return n_params
@@ -229,38 +263,45 @@ class _Untracked:
         self.obj = obj
 
 
-class _StandinModule(tf.Module):
+def _standin_module(model: "tf_keras.Model", name: str) -> "tf.Module":
     """TF2 reusable SavedModel: ``module(images) -> logits or features``."""
+    tf, _ = _import_tf()
+    images_spec = tf.TensorSpec(IMAGES_SHAPE, tf.float32, name="images")
 
-    # Shadow tf.Module's read-only properties so that these attributes of the
-    # Reusable SavedModel API (used by hub.KerasLayer) are saved and restored.
-    variables = None
-    trainable_variables = None
+    class StandinModule(tf.Module):
+        # Shadow tf.Module's read-only properties so that these attributes of
+        # the Reusable SavedModel API (used by hub.KerasLayer) are saved and
+        # restored.
+        variables = None
+        trainable_variables = None
 
-    def __init__(self, model: tf_keras.Model, name: str) -> None:
-        super().__init__(name=name)
-        self._net = _Untracked(model)
-        self.variables = list(model.variables)
-        self.trainable_variables = list(model.trainable_variables)
-        self.regularization_losses = []
+        def __init__(self) -> None:
+            super().__init__(name=name)
+            self._net = _Untracked(model)
+            self.variables = list(model.variables)
+            self.trainable_variables = list(model.trainable_variables)
+            self.regularization_losses = []
 
-    def _forward(self, images: tf.Tensor) -> tf.Tensor:
-        # Hub image modules take RGB in [0, 1]; MobileNet expects [-1, 1].
-        return self._net.obj(images * 2.0 - 1.0, training=False)
+        def _forward(self, images):
+            # Hub image modules take RGB in [0, 1]; MobileNet expects [-1, 1].
+            return self._net.obj(images * 2.0 - 1.0, training=False)
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        return self._forward(images)
+        @tf.function(input_signature=[images_spec])
+        def __call__(self, images):
+            return self._forward(images)
 
-    # Not via self(images): a nested tf.function would pass the variables on
-    # as oddly named inputs in the saved signature.
-    @tf.function(input_signature=[_IMAGES_SPEC])
-    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"default": self._forward(images)}
+        # Not via self(images): a nested tf.function would pass the variables
+        # on as oddly named inputs in the saved signature.
+        @tf.function(input_signature=[images_spec])
+        def serve(self, images):
+            return {"default": self._forward(images)}
+
+    return StandinModule()
 
 
 def _write_tf2(directory: str, seed: int, feature_vector: bool) -> int:
     """Write a TF2 SavedModel (classifier or feature vector); return its parameter count."""
+    tf, tf_keras = _import_tf()
     model = _keras_model()
     # Seeded for the full classifier in both cases, so the backbone weights of
     # "tf2" and "tf2-feature-vector" are identical for one seed.
@@ -268,14 +309,23 @@ def _write_tf2(directory: str, seed: int, feature_vector: bool) -> int:
     logits, features = model.outputs
     head = features if feature_vector else logits
     net = tf_keras.Model(model.input, head, name=model.name)
-    module = _StandinModule(net, name="feature_vector" if feature_vector else "classification")
+    module = _standin_module(net, "feature_vector" if feature_vector else "classification")
     tf.saved_model.save(module, directory,
                         signatures={"serving_default": module.serve.get_concrete_function()})
     return net.count_params()
 
 
-def build_standin(directory: str, fmt: str = "tf1", seed: int = 0) -> str:
-    """Write the stand-in module to `directory` (created; must be empty or absent) and return the directory."""
+def build_standin(directory: str, fmt: str = "tf1", seed: int = 0, *,
+                  separate_inputs: bool = False, train_graph: bool = False) -> str:
+    """Write the stand-in module to `directory` (created; must be empty or
+    absent) and return the directory.
+
+    TF1 variants, for loaders that must not depend on this stand-in's
+    details: `separate_inputs` gives `image_feature_vector` an input
+    placeholder of its own; `train_graph` adds a {"train"} meta graph
+    (training-mode batch norm) as the real module has."""
+    if fmt != "tf1" and (separate_inputs or train_graph):
+        raise ValueError("separate_inputs and train_graph are TF1 variants")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
@@ -283,7 +333,7 @@ def build_standin(directory: str, fmt: str = "tf1", seed: int = 0) -> str:
     os.makedirs(directory, exist_ok=True)
     logger.warning(_WARNING, directory, HANDLE, fmt, seed)
     if fmt == "tf1":
-        n_params = _write_tf1(directory, seed)
+        n_params = _write_tf1(directory, seed, separate_inputs, train_graph)
     else:
         n_params = _write_tf2(directory, seed, feature_vector=(fmt == "tf2-feature-vector"))
     # The feature-vector module has no classifier (1281 * 1001 fewer weights).

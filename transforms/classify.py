@@ -1,13 +1,13 @@
 """Step 3: batches of decoded images → logits + embedding → top-k labels.
 
-`HubClassifierHandler` is a RunInference `ModelHandler` for pre-batched
+`ClassifierHandler` is a RunInference `ModelHandler` for pre-batched
 input: its elements are DecodedBatches (images are batched before decoding,
 in transforms/decode.py, so that they are decoded straight into the array
 the model takes), and RunInference skips its own batching.
-RunInference loads the module once per worker process through Beam's
+RunInference loads the model once per worker process through Beam's
 `Shared`, so every thread of a worker uses the same copy. Beam's own
-TFModelHandler* cannot load TF1 Hub format modules; loading lives in
-transforms/model.py.
+TFModelHandler* cannot load TF1 Hub format modules; each backend's loading
+lives in transforms/backends/.
 
 Per batch, one forward pass gives both logits and embeddings; softmax, top-k
 and the label lookup are vectorised over the batch, so nothing per image
@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from typing import (Any, Dict, Iterable, NamedTuple, Optional, Sequence,
                     Tuple)
 
@@ -26,17 +27,19 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
                                            RunInference)
+from apache_beam.utils.shared import Shared
 
-from transforms.decode import DecodedBatch
+from transforms.imaging import DecodedBatch
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_CLASSIFY,
                                error_record, redact)
-from transforms.model import ImageClassifier, load_classifier
+from transforms.backends import ImageClassifier, ModelLoader
 from transforms.schema import utc_now
 
 _LOGGER = logging.getLogger(__name__)
 
-# Module loads in this process not yet counted in the `module_loads` metric.
-_UNREPORTED_LOADS: list = []
+#: RunInference's own model-load metric (a distribution of load times in
+#: ms): its count is the number of model loads.
+MODEL_LOAD_METRIC = "load_model_latency_milli_secs"
 
 
 class Classifications(NamedTuple):
@@ -109,45 +112,42 @@ def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
                          prob_delta, embedding_delta)
 
 
-class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
-                                        ImageClassifier]):
-    """RunInference handler for the TF-Hub MobileNet V2 classifier.
+class ClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
+                                     ImageClassifier]):
+    """RunInference handler for an image classifier of any backend.
 
-    Its examples are images, and its input comes pre-batched: each element
-    is a DecodedBatch (batched before decoding, see transforms/decode.py),
-    which RunInference hands to `run_inference` as one batch, one
-    ready-made array per model call. Yields one
-    PredictionResult(example=ImageFacts, inference=Classifications,
-    model_id=handle) per batch.
+    `loader` says what to load (a backend's module and its options, see
+    transforms/backends/); the handler loads it once per process. Its
+    examples are images, and its input comes pre-batched: each element is a
+    DecodedBatch (batched before decoding, see transforms/decode.py), which
+    RunInference hands to `run_inference` as one batch, one ready-made array
+    per model call. Yields one PredictionResult(example=DecodedBatch.facts,
+    inference=Classifications, model_id=model_id) per batch.
+
+    Loads are counted by RunInference itself: its distribution
+    MODEL_LOAD_METRIC has one entry per load.
     """
 
-    def __init__(self, model: str, labels: Sequence[str], *, top_k: int = 5,
-                 embedding_model: Optional[str] = None,
-                 model_cache_dir: Optional[str] = None, backend: str = "tf",
-                 inference_threads: Optional[int] = None):
+    def __init__(self, loader: ModelLoader, labels: Sequence[str], *,
+                 model_id: str, top_k: int = 5):
         super().__init__()
-        self._model = model
-        self._model_id = redact(model)  # as written to Parquet and logs
-        self._embedding_model = embedding_model
+        self.loader = loader
+        self.backend = loader.backend
+        self._model_id = redact(model_id)  # as written to Parquet and logs
         self._labels = tuple(labels)
         self._label_array = np.asarray(self._labels, dtype=object)
         self._top_k = top_k
-        self._model_cache_dir = model_cache_dir
-        self.backend = backend
-        self._inference_threads = inference_threads
+
+    @property
+    def label_array(self) -> np.ndarray:
+        return self._label_array
 
     def load_model(self) -> ImageClassifier:
         """Called by RunInference through Beam's Shared: once per process."""
-        classifier, loaded_now = load_classifier(
-            self._model, self._embedding_model, self._model_cache_dir,
-            self.backend, self._inference_threads)
-        _LOGGER.info("module %s %s in process %d (%s backend)", self._model_id,
+        classifier, loaded_now = self.loader.load()
+        _LOGGER.info("model %s %s in process %d (%s backend)", self._model_id,
                      "loaded" if loaded_now else "reused from the launch "
-                     "check", os.getpid(), self.backend)
-        # Counted per process holding a copy (a local run's launch check and
-        # its in-process runner share one). Loading runs in DoFn.setup,
-        # where Beam keeps no metrics: the first batch reports it.
-        _UNREPORTED_LOADS.append(classifier.handle)
+                     "checks", os.getpid(), self.backend)
         if classifier.num_classes != len(self._labels):
             raise ValueError(
                 f"module has {classifier.num_classes} classes but the label "
@@ -162,9 +162,6 @@ class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
     def run_inference(self, batch: DecodedBatch, model: ImageClassifier,
                       inference_args: Optional[Dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        while _UNREPORTED_LOADS:
-            _UNREPORTED_LOADS.pop()
-            Metrics.counter(METRICS_NAMESPACE, "module_loads").inc()
         # The example keeps the files' facts, not the pixels: downstream
         # needs no pixels, and Beam would pickle them to sample sizes.
         return [PredictionResult(batch.facts, classify_batch(
@@ -177,6 +174,33 @@ class HubClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+class SharedClassifier:
+    """The handler's classifier once per worker process through Beam's
+    Shared, for DoFns that call the model themselves (not via RunInference).
+    The load is counted in RunInference's own load metric, as RunInference
+    does it: DoFn.setup keeps no metrics, so `report_load` (call it when
+    processing) records a load made in `acquire` (call it in setup)."""
+
+    def __init__(self, handler: ClassifierHandler):
+        self._handler = handler
+        self._shared = Shared()
+        self._unreported_ms: Optional[int] = None
+
+    def acquire(self) -> ImageClassifier:
+        def load() -> ImageClassifier:
+            started = time.monotonic()
+            classifier = self._handler.load_model()
+            self._unreported_ms = int(1000 * (time.monotonic() - started))
+            return classifier
+        return self._shared.acquire(load, tag=repr(self._handler.loader))
+
+    def report_load(self) -> None:
+        if self._unreported_ms is not None:
+            Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_METRIC).update(
+                self._unreported_ms)
+            self._unreported_ms = None
 
 
 def _failed_batch_errors(failed: Tuple[DecodedBatch, BaseException]
@@ -192,7 +216,7 @@ class Classify(beam.PTransform):
     """PCollection[DecodedBatch] →
     {"results": PredictionResult, ERRORS_TAG: ErrorRecord}."""
 
-    def __init__(self, handler: HubClassifierHandler):
+    def __init__(self, handler: ClassifierHandler):
         super().__init__()
         self._handler = handler
 
