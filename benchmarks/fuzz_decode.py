@@ -15,12 +15,12 @@ Case `i` of seed `s` is made from `numpy.random.default_rng([s, i])` alone,
 so any case can be reproduced on its own (`--case I --dump FILE`). Nothing
 is stored: cases are generated where they are decoded.
 
-Each case goes through `transforms.decode.DecodeImages` as a runner drives
-it (setup once; start_bundle, process, finish_bundle per case), with the
-job's default DecodeSettings, and must end as exactly one of
+Each case goes through `transforms.imaging.decode_batch` as a batch of one,
+as the job calls it (after `warm_up()`, once per worker), with the job's
+default DecodeSettings, and must end as exactly one of
   * a DecodedBatch of one image, float32 (1, 96, 96, 3), finite, in [0, 1];
-  * a TaggedOutput(ERRORS_TAG, ErrorRecord) with stage "decode", the
-    case's uri, and a non-empty error_type and message.
+  * an ErrorRecord with stage "decode", the case's uri, and a non-empty
+    error_type and message.
 
 Cases run in worker processes (spawned, never forked) that report each case
 before starting it, so the parent knows which case was running when a worker
@@ -67,7 +67,7 @@ DEFAULT_MEMORY_LIMIT_MB = 6144
 OUTCOME_TENSOR = "tensor"
 OUTCOME_ERROR = "error"
 OUTCOME_INVALID = "invalid"   # neither a valid tensor nor an error record
-OUTCOME_ESCAPED = "escaped"   # an exception got out of DecodeImages.process
+OUTCOME_ESCAPED = "escaped"   # an exception got out of decode_batch
 OUTCOME_CRASH = "crash"       # the worker process died
 OUTCOME_HANG = "hang"         # past the per-image time limit; worker killed
 OUTCOME_MEMORY = "memory"     # an error record, but for a MemoryError: the
@@ -542,17 +542,13 @@ def make_case(seeds: Seeds, seed: int, index: int) -> Case:
 
 
 # ---------------------------------------------------------------------------
-# Checking one case, as the Beam DoFn sees it
+# Checking one case, as the job sees it
 # ---------------------------------------------------------------------------
 
 def default_settings():
     """DecodeSettings with the job's defaults (pipeline/options.py)."""
-    # pylint: disable=import-outside-toplevel
-    from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
-    from transforms.decode import DecodeSettings, allowed_formats
-    return DecodeSettings(
-        max_pixels=DEFAULT_MAX_PIXELS,
-        allowed_formats=allowed_formats(DEFAULT_FORMATS.split(",")))
+    from pipeline.config import default_decode_settings  # pylint: disable=import-outside-toplevel
+    return default_decode_settings()
 
 
 @dataclass
@@ -573,21 +569,20 @@ class CaseResult:
                 f"{' + '.join(self.ops)}, {self.size} bytes)")
 
 
-def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
-    """DecodeImages.process's outputs for a batch of one image →
+def check_decoded(decoded, errors: list, uri: str) -> Tuple[str, str, str]:
+    """decode_batch's result for a batch of one image →
     (outcome, error_type, message)."""
     # pylint: disable=import-outside-toplevel
-    import apache_beam as beam
-    from transforms.decode import IMAGE_SIZE, DecodedBatch
-    from transforms.errors import ERRORS_TAG, STAGE_DECODE, ErrorRecord
-    if len(outputs) != 1:
-        return OUTCOME_INVALID, "", f"{len(outputs)} outputs, expected 1"
-    [out] = outputs
-    if isinstance(out, beam.pvalue.TaggedOutput):
-        record = out.value
-        if out.tag != ERRORS_TAG or not isinstance(record, ErrorRecord):
-            return OUTCOME_INVALID, "", f"tagged output {out.tag!r}: " \
-                f"{type(record).__name__}"
+    from transforms.errors import STAGE_DECODE, ErrorRecord
+    from transforms.imaging import IMAGE_SIZE, DecodedBatch
+    if (decoded is None) == (not errors) or len(errors) > 1:
+        return OUTCOME_INVALID, "", \
+            f"{0 if decoded is None else len(decoded)} images and " \
+            f"{len(errors)} errors, expected one of them"
+    if errors:
+        [record] = errors
+        if not isinstance(record, ErrorRecord):
+            return OUTCOME_INVALID, "", f"error is {type(record).__name__}"
         problems = []
         if record.stage != STAGE_DECODE:
             problems.append(f"stage {record.stage!r}")
@@ -601,8 +596,9 @@ def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
             return OUTCOME_INVALID, str(record.error_type), \
                 "error record with " + ", ".join(problems)
         return OUTCOME_ERROR, record.error_type, record.message
+    out = decoded
     if not isinstance(out, DecodedBatch):
-        return OUTCOME_INVALID, "", f"main output is {type(out).__name__}"
+        return OUTCOME_INVALID, "", f"decoded {type(out).__name__}"
     if len(out) != 1:
         return OUTCOME_INVALID, "", f"{len(out)} images, expected 1"
     pixels = out.pixels
@@ -626,15 +622,6 @@ def check_outputs(outputs: list, uri: str) -> Tuple[str, str, str]:
     if problems:
         return OUTCOME_INVALID, "", "tensor with " + ", ".join(problems)
     return OUTCOME_TENSOR, "", ""
-
-
-def run_dofn(dofn, element) -> list:
-    """One element through a set-up DoFn in its own bundle, as a runner
-    does: start_bundle, process, finish_bundle; all outputs, in order."""
-    dofn.start_bundle()
-    outputs = list(dofn.process(element) or [])
-    outputs += list(dofn.finish_bundle() or [])
-    return outputs
 
 
 # ---------------------------------------------------------------------------
@@ -664,10 +651,10 @@ def _worker_main(conn, photos: List[SeedFile], edges: List[SeedFile],
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from transforms.decode import DecodeImages  # pylint: disable=import-outside-toplevel
-    from transforms.read import ImageBytes  # pylint: disable=import-outside-toplevel
-    dofn = DecodeImages(default_settings())
-    dofn.setup()
+    from transforms.imaging import (  # pylint: disable=import-outside-toplevel
+        ImageBytes, decode_batch, warm_up)
+    settings = default_settings()
+    warm_up()
     seeds = Seeds.load(photos, edges)
     conn.send(("ready", os.getpid()))
     while True:
@@ -685,9 +672,10 @@ def _worker_main(conn, photos: List[SeedFile], edges: List[SeedFile],
                 time.sleep(3600)
             started = time.perf_counter()
             try:
-                outputs = run_dofn(dofn, [ImageBytes(case.uri, case.data)])
-                outcome, error_type, message = check_outputs(outputs,
-                                                             case.uri)
+                decoded, errors = decode_batch(
+                    [ImageBytes(case.uri, case.data)], settings)
+                outcome, error_type, message = check_decoded(
+                    decoded, errors, case.uri)
             except BaseException as exc:  # pylint: disable=broad-except
                 outcome, error_type = OUTCOME_ESCAPED, type(exc).__name__
                 message = " ".join(str(exc).split())[:300]
@@ -935,7 +923,7 @@ def run_fuzz(n: int, seed: int, workers: int = 2, *,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.fuzz_decode",
-        description="Fuzz transforms.decode with mutated real images.")
+        description="Fuzz transforms.imaging with mutated real images.")
     parser.add_argument("--n", type=int, default=10_000,
                         help="number of cases (default 10000)")
     parser.add_argument("--seed", type=int, default=1)
@@ -963,13 +951,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dump:
             args.dump.write_bytes(case.data)
             print(f"written to {args.dump}")
-        from transforms.decode import DecodeImages  # pylint: disable=import-outside-toplevel
-        from transforms.read import ImageBytes  # pylint: disable=import-outside-toplevel
-        dofn = DecodeImages(default_settings())
-        dofn.setup()
+        from transforms.imaging import (  # pylint: disable=import-outside-toplevel
+            ImageBytes, decode_batch, warm_up)
+        settings = default_settings()
+        warm_up()
         started = time.perf_counter()
-        outputs = run_dofn(dofn, ImageBytes(case.uri, case.data))
-        print(check_outputs(outputs, case.uri),
+        decoded, errors = decode_batch([ImageBytes(case.uri, case.data)],
+                                       settings)
+        print(check_decoded(decoded, errors, case.uri),
               f"{time.perf_counter() - started:.3f} s")
         return 0
 

@@ -18,7 +18,7 @@ from apache_beam.transforms import window
 from tests.conftest import (LABELS_FILE, PHOTOS_DIR, photo_paths,
                             read_parquet_dir, run_cli)
 from transforms.classify import BackendParity, backend_parity
-from transforms.decode import DecodeSettings, decode_image
+from transforms.imaging import DecodeSettings, decode_image
 from transforms.model import Conversion, load_classifier
 from transforms.threaded import ThreadedDoFn, threaded_pardo
 

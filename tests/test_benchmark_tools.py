@@ -51,9 +51,8 @@ def test_plain_loop_labels_every_corpus_image_once(tmp_path, standin_tf1,
     from benchmarks import throughput
     from pipeline.options import parse_args
     from transforms.classify import classify_batch
-    from transforms.decode import DecodeSettings, decode_batch
+    from transforms.imaging import DecodeSettings, ImageBytes, decode_batch
     from transforms.model import load_classifier
-    from transforms.read import ImageBytes
     monkeypatch.setattr(throughput, "LABELS", LABELS_FILE)
     corpus = tmp_path / "corpus"
     throughput.make_corpus(corpus, 150)

@@ -9,7 +9,7 @@ from tests.conftest import LABELS_FILE, photo_paths
 from transforms import model as model_lib
 from transforms.classify import (Classifications, HubClassifierHandler,
                                  classify_batch, softmax, top_k)
-from transforms.decode import DecodedBatch, DecodeSettings, decode_image
+from transforms.imaging import DecodedBatch, DecodeSettings, decode_image
 from transforms.rows import label_batch
 from transforms.schema import LABELS_SCHEMA
 

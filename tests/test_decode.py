@@ -9,12 +9,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import EDGE_DIR, edge_manifest, photo_paths
-from transforms.decode import (DecodeAndPreprocess, DecodedBatch,
-                               DecodedBatchCoder, DecodeSettings,
-                               allowed_formats, apply_orientation,
-                               central_crop_box, decode_batch, decode_image)
-from transforms.read import ImageBytes
 from transforms.errors import ImageError
+from transforms.imaging import (DecodedBatch, DecodeSettings, ImageBytes,
+                                allowed_formats, apply_orientation,
+                                central_crop_box, decode_batch, decode_image)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -244,6 +242,7 @@ def test_decoded_batches_have_a_coder_that_sizes_them_without_pickling(
         monkeypatch):
     import apache_beam as beam
     from transforms import decode
+    from transforms.decode import DecodeAndPreprocess, DecodedBatchCoder
     files = photo_paths()[:3]
     batch, errors = decode_batch(
         [ImageBytes(str(p), _read(p)) for p in files], SETTINGS)
@@ -275,6 +274,7 @@ def test_batches_have_a_fixed_size_unless_a_minimum_is_given(
     the sizes between the bounds, starting from the minimum."""
     import apache_beam as beam
     from apache_beam.testing.util import assert_that
+    from transforms.decode import DecodeAndPreprocess
     paths = [str(p) for p in photo_paths()]
     expected = [32] * (len(paths) // 32) + [len(paths) % 32]
 

@@ -14,7 +14,7 @@ import pytest
 from pipeline import evaluate as ev
 from tests.conftest import (EDGE_DIR, LABELS_FILE, PHOTOS_DIR, SYNSETS_FILE,
                             photo_paths, run_cli)
-from transforms.decode import decode_image
+from transforms.imaging import decode_image
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,6 +1,6 @@
 """Fuzzing the decode step: mutated photos and edge-case images through
-DecodeImages, in worker processes (a C-decoder segfault is a counted crash,
-not a dead pytest).
+transforms.imaging.decode_batch, in worker processes (a C-decoder segfault is a
+counted crash, not a dead pytest).
 
 The generator and the runner live in benchmarks/fuzz_decode.py (the same
 code as `python -m benchmarks.fuzz_decode --n 10000` for longer runs).
@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import fuzz_decode as fuzz
 from tests.conftest import DATA, EDGE_DIR, PHOTOS_DIR
-from transforms.decode import decode_image
+from transforms.imaging import decode_image
 from transforms.errors import ImageError
 
 N_CASES = 2500                 # every 5th from an edge-case seed: 2000 photos

@@ -137,7 +137,7 @@ def test_pipeline_output_equals_direct_module_call(mixed_run, standin_tf1):
     import tensorflow as tf
     import tensorflow_hub as hub
     from transforms.classify import softmax
-    from transforms.decode import DecodeSettings, decode_image
+    from transforms.imaging import DecodeSettings, decode_image
     rows = {r["uri"]: r for r in
             read_parquet_dir(mixed_run["output"], "labels").to_pylist()}
     paths = photo_paths()[::25]

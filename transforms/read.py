@@ -11,7 +11,7 @@ import csv
 import io
 import logging
 import os
-from typing import (Iterable, List, NamedTuple, Optional, Sequence,
+from typing import (Iterable, List, Optional, Sequence,
                     Union)
 
 import apache_beam as beam
@@ -24,17 +24,12 @@ from apache_beam.utils import retry
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
                                ImageError, error_record)
 from transforms import tally
+from transforms.imaging import ImageBytes
 from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 _LOGGER = logging.getLogger(__name__)
 
 _MANIFEST_HEADERS = frozenset({"uri", "url", "path", "file", "filename"})
-
-
-class ImageBytes(NamedTuple):
-    """The raw content of one input file."""
-    uri: str
-    data: bytes
 
 
 def parse_manifest_line(line: str) -> Optional[str]:

@@ -27,7 +27,8 @@ def _repeated(value, rows: int, value_type: pa.DataType) -> pa.Array:
 
 def label_batch(result: PredictionResult, backend: str = "tf"
                 ) -> pa.RecordBatch:
-    """PredictionResult(ImageFacts, Classifications) → LABELS_SCHEMA rows."""
+    """PredictionResult(DecodedBatch.facts, Classifications) → LABELS_SCHEMA
+    rows."""
     images, answers = result.example, result.inference
     rows = len(images)
     schema = LABELS_SCHEMA
