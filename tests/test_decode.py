@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import EDGE_DIR, edge_manifest, photo_paths
+from tests.conftest import EDGE_DIR, PROJECT_ROOT, edge_manifest, photo_paths
 from transforms.errors import ImageError
 from transforms.imaging import (DecodedBatch, DecodeSettings, ImageBytes,
                                 allowed_formats, apply_orientation,
@@ -236,6 +240,120 @@ def test_edge_case_outcome_matches_manifest(row):
         with pytest.raises(Exception) as err:
             decode_image(data, SETTINGS)
         assert str(err.value).strip(), "an error must say what was wrong"
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=PROJECT_ROOT, check=False)
+
+
+_IMPORT_STATE = """
+import json, logging, sys, warnings
+import numba, numpy, simplejpeg
+from PIL import Image
+import transforms.errors
+
+def state():
+    pil = logging.getLogger("PIL")
+    return {"filters": [repr(f) for f in warnings.filters],
+            "showwarning": repr(warnings.showwarning),
+            "pil_logger": [pil.level, pil.propagate, repr(pil.handlers)],
+            "pillow_plugins_initialised": Image._initialized,
+            "max_image_pixels": Image.MAX_IMAGE_PIXELS}
+
+before = state()
+import transforms.imaging as imaging
+after = state()
+compiled = len(imaging.resize._resize_rows.signatures)
+imaging.warm_up()
+print(json.dumps({"before": before, "after": after,
+                  "beam": sorted(m for m in sys.modules
+                                 if m.split(".")[0] == "apache_beam"),
+                  "compiled_at_import": compiled,
+                  "compiled_by_warm_up":
+                      len(imaging.resize._resize_rows.signatures),
+                  "plugins_after_warm_up": Image._initialized}))
+"""
+
+
+def test_imaging_imports_no_beam_and_changes_nothing_until_warm_up():
+    """Importing transforms.imaging: no Beam, no warnings filter or hook, no
+    Pillow plugin import or logger change, no Numba compile. warm_up()
+    compiles the resize kernel and imports Pillow's plugins."""
+    run = _python(_IMPORT_STATE)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["beam"] == []
+    assert got["after"] == got["before"]
+    assert got["compiled_at_import"] == 0
+    assert got["compiled_by_warm_up"] == 4
+    assert got["plugins_after_warm_up"] == 2
+
+
+_DECODE_EDGE_CASES = """
+import json, logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+from transforms.imaging import (DecodeSettings, ImageBytes, allowed_formats,
+                                decode_batch, warm_up)
+warm_up()
+edge_dir, max_pixels, names = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+settings = DecodeSettings(max_pixels, allowed_formats(
+    "JPEG,PNG,GIF,WEBP,BMP,TIFF".split(",")))
+decoded, errors = decode_batch(
+    [ImageBytes(name, (edge_dir / name).read_bytes()) for name in names],
+    settings)
+print(json.dumps({"decoded": list(decoded.uris) if decoded else [],
+                  "errors": [e._asdict() for e in errors]}))
+"""
+
+
+def _decode_edge_cases_in_subprocess(max_pixels: int):
+    names = [row["file"] for row in edge_manifest()]
+    run = _python(_DECODE_EDGE_CASES, str(EDGE_DIR), str(max_pixels), *names)
+    assert run.returncode == 0, run.stderr
+    return run, json.loads(run.stdout)
+
+
+def test_decoder_messages_go_to_error_rows_not_stderr():
+    """Pillow's warnings ("Truncated File Read", "Corrupt EXIF data"), its
+    log records and libtiff's errors (printed by the C library) never reach
+    stderr at log level INFO; a failed image's message carries them."""
+    run, got = _decode_edge_cases_in_subprocess(SETTINGS.max_pixels)
+    assert run.stderr == ""
+    expected = {row["file"]: row["expected"] for row in edge_manifest()}
+    failed = {e["uri"]: e for e in got["errors"]}
+    assert set(got["decoded"]) == {n for n, e in expected.items()
+                                   if e == "decodable"}
+    assert set(failed) == {n for n, e in expected.items() if e != "decodable"}
+    libtiff = failed["crash-0c7e0e8e11ce787078f00b5b0ca409a167f070e0.tif"]
+    assert libtiff["error_type"] == "OSError"
+    assert "decoder error -2" in libtiff["message"]
+    assert "Truncated File Read" in libtiff["message"]
+    assert "libtiff: TIFFFillStrip: Read error on strip 0" in \
+        libtiff["message"]
+    exif = failed["oom-225817ca0f8c663be7ab4b9e717b02c661e66834.tif"]
+    assert "Corrupt EXIF data" in exif["message"]
+    assert "More samples per pixel than can be decoded" in exif["message"]
+
+
+def test_too_many_pixels_messages_name_only_the_jobs_limit():
+    """Over the limit by the header (our check) or far over it (Pillow's
+    DecompressionBombError): the row names --max_pixels and nothing else."""
+    max_pixels = 50_000_000  # below Pillow's own thresholds (89 M, 179 M)
+    run, got = _decode_edge_cases_in_subprocess(max_pixels)
+    assert run.stderr == ""
+    too_many = {e["uri"]: e["message"] for e in got["errors"]
+                if e["error_type"] == "TooManyPixels"}
+    assert {"decompression_bomb.gif", "reallybig.bmp", "l2rgb_read.bmp",
+            "Bad_height.bmp"} <= set(too_many), too_many
+    for name, message in too_many.items():
+        assert re.findall(r"limit of ([\d,]+)", message) == \
+            [str(max_pixels)], (name, message)
+        assert "178956970" not in message and "89478485" not in message
+    assert too_many["l2rgb_read.bmp"].startswith(
+        "3158064x48 = 151587072 pixels exceeds the limit of 50000000")
 
 
 def test_decoded_batches_have_a_coder_that_sizes_them_without_pickling(

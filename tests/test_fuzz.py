@@ -10,14 +10,16 @@ from __future__ import annotations
 import collections
 import io
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from benchmarks import fuzz_decode as fuzz
-from tests.conftest import DATA, EDGE_DIR, PHOTOS_DIR
-from transforms.imaging import decode_image
+from tests.conftest import DATA, EDGE_DIR, PHOTOS_DIR, PROJECT_ROOT
+from transforms.imaging import ImageBytes, decode_batch, decode_image
 from transforms.errors import ImageError
 
 N_CASES = 2500                 # every 5th from an edge-case seed: 2000 photos
@@ -88,6 +90,28 @@ def test_cases_are_reproducible_from_seed_and_index():
     assert [c.data for c in first] != [c.data for c in other]
     originals = {s.name: data for s, data in seeds.photos + seeds.edges}
     assert sum(c.data != originals[c.seed_name] for c in first) >= 28
+
+
+@pytest.mark.parametrize("index", [3, 4])  # a photo case, an edge case
+def test_one_case_replays_through_the_documented_command(tmp_path, index):
+    """`python -m benchmarks.fuzz_decode --case N --dump FILE` rebuilds case
+    N of the seed, writes its bytes and decodes it as the fuzzer does."""
+    dump = tmp_path / f"case-{index}"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fuzz_decode", "--case", str(index),
+         "--seed", str(SEED), "--data", str(DATA), "--dump", str(dump)],
+        capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
+        check=False)
+    assert run.returncode == 0, run.stderr
+    photos, edges = fuzz.seed_files(DATA)
+    case = fuzz.make_case(fuzz.Seeds.load(photos, edges), SEED, index)
+    assert dump.read_bytes() == case.data
+    assert run.stdout.startswith(f"case {index}: {case.seed_name}: ")
+    decoded, errors = decode_batch([ImageBytes(case.uri, case.data)],
+                                   fuzz.default_settings())
+    outcome = fuzz.check_decoded(decoded, errors, case.uri)
+    assert outcome[0] in (fuzz.OUTCOME_TENSOR, fuzz.OUTCOME_ERROR)
+    assert repr(outcome) in run.stdout
 
 
 @pytest.mark.timeout(300)
