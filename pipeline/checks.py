@@ -25,8 +25,9 @@ from transforms.decode import decode_image
 from transforms.errors import one_line
 from transforms.model import (ImageClassifier, ModelLoadError, is_url,
                               load_classifier, resolve_handle)
-from transforms.read import parse_manifest_line, read_file_bytes
+from transforms.read import read_file_bytes
 from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
+from transforms.sources import InputSpec
 from transforms.write import (INCOMPLETE_DIR, SUCCESS_FILE,
                               finished_files_pattern, output_path)
 
@@ -46,7 +47,7 @@ PARITY_SAMPLE = 64  # inputs the backend parity gate compares
 @dataclass
 class LaunchFacts:
     """What the checks learned, for building and summarising the job."""
-    total_inputs: int
+    total_inputs: Optional[int]  # None: more than the launch checks sampled
     labels: List[str]
     classifier: ImageClassifier
     is_standin: bool
@@ -76,32 +77,33 @@ def load_labels(location: str) -> List[str]:
 
 
 def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
-                ) -> Tuple[int, List[str]]:
-    """(number of input files, the first few URIs); an empty match or
-    manifest is an error."""
-    if file_pattern:
-        try:
-            matched = FileSystems.match([file_pattern])[0].metadata_list
-        except Exception as exc:  # pylint: disable=broad-except
-            raise LaunchError(f"cannot list --input {file_pattern}: "
-                              f"{one_line(exc)}; check the bucket name and "
-                              "your credentials") from exc
-        if not matched:
-            raise LaunchError(f"--input {file_pattern} matches no files; check "
-                              "the path and quote the glob so the shell "
-                              "leaves it to the job")
-        return len(matched), [m.path for m in matched[:PARITY_SAMPLE]]
+                ) -> Tuple[Optional[int], List[str]]:
+    """(number of inputs, or None when there are more than the sample;
+    the first PARITY_SAMPLE URIs). Only the sample is listed or read, so the
+    launcher's time and memory do not grow with the input; an empty match
+    or manifest is an error."""
+    spec = InputSpec(pattern=file_pattern, manifest=manifest)
     try:
-        text = _read_bytes(manifest).decode("utf-8", errors="replace")
+        sample = spec.sample(PARITY_SAMPLE)
     except Exception as exc:  # pylint: disable=broad-except
-        raise LaunchError(f"cannot read --input_manifest {manifest}: "
-                          f"{one_line(exc)}") from exc
-    uris = list(dict.fromkeys(uri for line in text.splitlines()
-                              if (uri := parse_manifest_line(line))))
-    if not uris:
+        what = ("list" if file_pattern else "read")
+        hint = ("; check the bucket name and your credentials"
+                if file_pattern else "")
+        raise LaunchError(f"cannot {what} {spec.flag} {spec.location}: "
+                          f"{one_line(exc)}{hint}") from exc
+    if not sample.uris:
+        if file_pattern:
+            raise LaunchError(f"--input {file_pattern} matches no files; "
+                              "check the path and quote the glob so the "
+                              "shell leaves it to the job")
         raise LaunchError(f"--input_manifest {manifest} lists no URIs; give "
                           "one URI per line")
-    return len(uris), uris[:PARITY_SAMPLE]
+    if sample.complete:
+        _LOGGER.info("input: %d images", sample.count)
+    else:
+        _LOGGER.info("input: at least %d images (sampled; the job lists "
+                     "them all)", len(sample.uris))
+    return sample.count, list(sample.uris)
 
 
 def check_backend(args, candidate: ImageClassifier, sample: List[str]

@@ -7,7 +7,6 @@ from here to the output.
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import os
@@ -24,34 +23,12 @@ from apache_beam.utils import retry
 from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
                                ImageError, error_record)
 from transforms import tally
+# Re-exported: callers import them from here too.
+from transforms.sources import parse_manifest_line, uri_scheme  # pylint: disable=unused-import
 from transforms.imaging import ImageBytes
 from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 _LOGGER = logging.getLogger(__name__)
-
-_MANIFEST_HEADERS = frozenset({"uri", "url", "path", "file", "filename"})
-
-
-def parse_manifest_line(line: str) -> Optional[str]:
-    """Return the URI on one manifest line, or None for blanks/comments/header.
-
-    A manifest is plain text (one URI per line) or CSV whose first column is
-    the URI; a header whose first field is e.g. "uri" or "path" is skipped.
-    """
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    first = next(csv.reader([line]), [""])[0].strip()
-    if not first or first.lower() in _MANIFEST_HEADERS:
-        return None
-    return first
-
-
-def uri_scheme(uri: str) -> str:
-    """The filesystem scheme of a URI ("gs", "s3", ...); "file" for paths."""
-    head, sep, _ = uri.partition("://")
-    return head.lower() if sep and head.isalnum() else "file"
-
 
 def check_uri_allowed(uri: str, allowed_schemes: Sequence[str]) -> None:
     """Refuse URIs outside the filesystems the job was configured for.
