@@ -66,13 +66,11 @@ def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
     The thread counts take turns in short slices and each gets the median
     of its slices: picking the best of single noisy measurements would
     favour whichever happened to run in a fast moment."""
-    from pipeline.options import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
-    from transforms.decode import (DecodeSettings, allowed_formats,
-                                   decode_batch)
-    from transforms.read import ImageBytes
-    settings = DecodeSettings(DEFAULT_MAX_PIXELS,
-                              allowed_formats(DEFAULT_FORMATS.split(",")),
-                              fast_jpeg=fast_jpeg)
+    import dataclasses
+    from pipeline.config import JobConfig
+    from transforms.imaging import ImageBytes, decode_batch
+    settings = dataclasses.replace(JobConfig.defaults(),
+                                   fast_jpeg=fast_jpeg).decode_settings()
     images = [ImageBytes(p, Path(p).read_bytes()) for p in PHOTOS]
     images = (images * (1 + 6 * batch // len(images)))[:6 * batch]
     batches = [images[i:i + batch] for i in range(0, len(images), batch)]
@@ -148,7 +146,7 @@ def fast_jpeg_deviation() -> Tuple[float, float]:
     """Mean and worst per-image mean |Δ| (in 1/255) of --fast_jpeg against
     the default, reference-exact preprocessing, over the sample photos."""
     import numpy as np
-    from transforms.decode import DecodeSettings, decode_image
+    from transforms.imaging import DecodeSettings, decode_image
     exact = DecodeSettings(10**8, ("JPEG",))
     fast = DecodeSettings(10**8, ("JPEG",), fast_jpeg=True)
     deltas = []
@@ -163,7 +161,7 @@ def measure_model(model: str, backend: str, batch: int = 64,
                   seconds: float = 3.0) -> float:
     """Images/s of the model alone on preprocessed photos."""
     import numpy as np
-    from transforms.decode import DecodeSettings, decode_image
+    from transforms.imaging import DecodeSettings, decode_image
     from transforms.model import load_classifier
     settings = DecodeSettings(10**8, ("JPEG",))
     pixels = np.stack([decode_image(Path(p).read_bytes(), settings)[0]
@@ -191,17 +189,18 @@ def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
     (c - d0): reading, rows, Parquet, and decode sharing the cores."""
     import numpy as np
     import pyarrow as pa
-    from pipeline.job import batches_in_flight, decode_settings
+    from transforms.label_chunks import batches_in_flight
     from transforms.classify import classify_batch
-    from transforms.decode import DECODE_THREAD_NICENESS, decode_batch
+    from transforms.imaging import (DECODE_THREAD_NICENESS, ImageBytes,
+                                    decode_batch)
     from transforms.model import load_classifier
-    from transforms.read import ImageBytes, read_file_bytes
+    from transforms.read import read_file_bytes
     from transforms.rows import label_batch
     from transforms.schema import LABELS_SCHEMA
     from transforms.threaded import lower_this_thread_priority
     from transforms.write import ROW_GROUP_ROWS, parquet_writer
     from apache_beam.ml.inference.base import PredictionResult
-    settings = decode_settings(cli_args)
+    settings = cli_args.decode_settings()
     batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
     labels = np.asarray(LABELS.read_text().splitlines(), dtype=object)
     classifier, _ = load_classifier(model, backend=backend)

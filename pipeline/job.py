@@ -1,94 +1,91 @@
 """Assembling the labeling job from the steps in transforms/:
 
-    uri → bytes → batch → decoded 96×96 tensors | errors → logits +
-        embeddings → rows → Parquet
+    input → URIs → chunks (fixed sets of URIs) → per chunk: bytes → decoded
+        96×96 tensors | errors → logits + embeddings → rows → Parquet files
+        → commit records → _SUCCESS.json
 
-Errors from every step are flattened into one errors output.
+Every input URI ends up in exactly one row, of labels or of errors, however
+the runner retries or splits the work (see transforms/write.py).
 """
 from __future__ import annotations
 
-import argparse
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io import fileio
 
-from pipeline.options import one_local_worker
-from transforms.classify import Classify, HubClassifierHandler
-from transforms.decode import (DecodeAndPreprocess, DecodeSettings,
-                               allowed_formats)
-from transforms.errors import ERRORS_TAG, redact
-from transforms.read import ReadImages, uri_scheme
-from transforms.rows import ToLabelRows
-from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
-from transforms.write import (FinishOutput, WriteErrors, WriteLabels,
-                              finished_files_pattern)
-
-
-def input_schemes(args: argparse.Namespace) -> Sequence[str]:
-    """Filesystems input URIs may be on: --input_schemes, or else the
-    filesystem of --input / --input_manifest itself."""
-    if args.input_schemes:
-        return [s.strip().lower() for s in args.input_schemes.split(",")
-                if s.strip()]
-    return [uri_scheme(args.input or args.input_manifest)]
-
+from transforms.backends import ModelLoader
+from transforms.classify import ClassifierHandler
+from transforms.imaging import DecodeSettings, allowed_formats
+from transforms.errors import redact
+from transforms.label_chunks import ChunkSettings, ChunkUris, LabelChunks
+from transforms.read import parse_manifest_line, uri_scheme
+from transforms.write import RECORDS_TAG, FinishOutput, ReadCommitted
 
 # Concurrent reads per worker process from object storage, to hide its
-# latency; local files are read inline (threads only add GIL hand-offs).
+# latency; local files are read on the decode threads.
 REMOTE_READ_THREADS = 8
 
 
-def decode_settings(args: argparse.Namespace) -> DecodeSettings:
+def input_schemes(config) -> Sequence[str]:
+    """Filesystems input URIs may be on: --input_schemes, or else the
+    filesystem of --input / --input_manifest itself."""
+    if config.input_schemes:
+        return [s.strip().lower() for s in config.input_schemes.split(",")
+                if s.strip()]
+    return [uri_scheme(config.input or config.input_manifest)]
+
+
+def decode_settings(config) -> DecodeSettings:
     return DecodeSettings(
-        max_pixels=args.max_pixels,
-        allowed_formats=allowed_formats(args.allowed_formats.split(",")),
-        fast_jpeg=args.fast_jpeg)
+        max_pixels=config.max_pixels,
+        allowed_formats=allowed_formats(config.allowed_formats.split(",")),
+        fast_jpeg=config.fast_jpeg)
 
 
-def batches_in_flight(decode_threads: int) -> int:
-    """Batches submitted and not yet classified: two per decode thread and
-    two more, so decoding goes on while the bundle thread runs inference on
-    a finished one, and a thread that finishes while the bundle thread waits
-    on an older batch starts on the next at once (one per thread left it
-    idle then)."""
-    return 2 * (decode_threads + 1)
+def chunk_settings(config, run_id: str, backend: str) -> ChunkSettings:
+    schemes = tuple(input_schemes(config))
+    return ChunkSettings(
+        output=config.output, run_id=run_id, decode=decode_settings(config),
+        max_file_bytes=config.max_file_bytes, allowed_schemes=schemes,
+        batch_size=config.max_batch_size,
+        decode_threads=config.decode_threads,
+        read_threads=config.read_threads or (
+            1 if schemes == ("file",) else REMOTE_READ_THREADS),
+        backend=backend)
 
 
-def build(pipeline: beam.Pipeline, args: argparse.Namespace,
-          labels: Sequence[str], run_id: str) -> None:
-    """Add the labeling transforms to `pipeline`; files are named by run_id."""
-    exclude = ([finished_files_pattern(args.output, prefix)
-                for prefix in (LABELS_PREFIX, ERRORS_PREFIX)]
-               if args.resume else [])
-    images = pipeline | "ReadImages" >> ReadImages(
-        args.input, args.input_manifest, max_bytes=args.max_file_bytes,
-        allowed_schemes=input_schemes(args), exclude_outputs=exclude,
-        threads=args.read_threads or (
-            1 if input_schemes(args) == ["file"] else REMOTE_READ_THREADS),
-        spread=not one_local_worker(pipeline.options))
-    decoded = images["images"] | "DecodeAndPreprocess" >> DecodeAndPreprocess(
-        decode_settings(args), args.decode_threads,
-        min_batch_size=args.min_batch_size,
-        max_batch_size=args.max_batch_size,
-        batches_in_flight=batches_in_flight(args.decode_threads))
-    handler = HubClassifierHandler(
-        args.model, labels, top_k=args.top_k,
-        embedding_model=args.embedding_model,
-        model_cache_dir=args.model_cache_dir, backend=args.backend,
-        inference_threads=args.inference_threads)
-    classified = decoded["images"] | "Classify" >> Classify(handler)
-    label_files = (classified["results"]
-                   | "ToLabelRows" >> ToLabelRows(args.backend)
-                   | "WriteLabels" >> WriteLabels(args.output, run_id,
-                                                  args.rows_per_file))
-    error_files = ((images[ERRORS_TAG], decoded[ERRORS_TAG],
-                    classified[ERRORS_TAG])
-                   | "AllErrors" >> beam.Flatten()
-                   | "WriteErrors" >> WriteErrors(args.output, run_id,
-                                                  args.rows_per_file))
-    _ = ((label_files, error_files)
-         | "AllFiles" >> beam.Flatten()
+def input_uris(pipeline: beam.Pipeline, config):
+    """The input's URIs (repeats allowed: chunking removes them)."""
+    if config.input:
+        return (pipeline
+                | "MatchFiles" >> fileio.MatchFiles(config.input)
+                | "Paths" >> beam.Map(lambda metadata: metadata.path))
+    return (pipeline
+            | "ReadManifest" >> beam.io.ReadFromText(config.input_manifest)
+            | "ParseManifest" >> beam.FlatMap(
+                lambda line: [u] if (u := parse_manifest_line(line)) else []))
+
+
+def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
+          run_id: str, loader: ModelLoader,
+          details: Optional[Dict[str, Any]] = None) -> None:
+    """Add the labeling transforms to `pipeline`; files are named by run_id.
+    `loader` is what workers load (the backend the launch checks chose)."""
+    handler = ClassifierHandler(loader, labels, model_id=config.model,
+                                top_k=config.top_k)
+    done, kept = None, []
+    if config.resume:
+        committed = pipeline | "ReadCommitted" >> ReadCommitted(config.output)
+        done, kept = committed["uris"], [committed[RECORDS_TAG]]
+    records = (input_uris(pipeline, config)
+               | "ChunkUris" >> ChunkUris(config.rows_per_file, done)
+               | "LabelChunks" >> LabelChunks(
+                   chunk_settings(config, run_id, loader.backend), handler))
+    _ = ((records, *kept)
+         | "AllRecords" >> beam.Flatten()
          | "FinishOutput" >> FinishOutput(
-             args.output, run_id, {"model": redact(args.model),
-                                   "backend": args.backend,
-                                   "resumed": bool(args.resume)}))
+             config.output, run_id, {"model": redact(config.model),
+                                     "backend": loader.backend,
+                                     "resumed": bool(config.resume),
+                                     **(details or {})}))

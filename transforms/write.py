@@ -1,37 +1,48 @@
-"""Step 4b: rows → Parquet files under the output directory, committed as
-the job goes.
+"""Step 4: rows → Parquet under the output directory, exactly once per input
+under retries, split bundles and duplicate attempts.
 
-    <output>/labels-<run>-<digest>.parquet   labeled images (LABELS_SCHEMA)
-    <output>/errors-<run>-<digest>.parquet   failed images (ERRORS_SCHEMA)
-    <output>/_SUCCESS.json                   written last: the run completed
-    <output>/_incomplete/                    files being written (ignore)
+    <output>/labels-<run>-<chunk>-<attempt>.parquet   labeled images
+    <output>/errors-<run>-<chunk>-<attempt>.parquet   failed images
+    <output>/_attempts/<run>-<chunk>-<attempt>.json   an attempt's commit record
+    <output>/_incomplete/                             files being written
+    <output>/_SUCCESS.json                            the manifest, written last
 
-Why by hand: Beam's WriteToParquet commits every shard only when the whole
-job finalizes, so a run killed at 99% leaves nothing; resumable runs
-(`--resume`) need each chunk committed as soon as it is complete.
-
-Each chunk (up to `rows_per_file` rows) is written under `_incomplete/` and
-then renamed to its final name, so a partial file never appears under a
-final name. The name's digest is a hash of the chunk's URIs: a retried
-bundle that writes the same chunk again replaces it instead of adding a copy.
+How it stays exactly-once (the model is Beam's WriteFiles: temporary files
+unique per attempt, published by one finalize step; here each chunk is
+published as soon as it is complete, so a killed job keeps its work):
+  * A chunk is a fixed set of URIs (transforms/label_chunks.py), labeled and
+    written by one DoFn call, so a retry or a split bundle redoes whole
+    chunks and never mixes them.
+  * Each attempt writes under `_incomplete/`, renames its files to names
+    unique to the attempt, then writes its commit record. A record always
+    names complete files.
+  * The finish step runs after every chunk. Only successful attempts' records
+    reach it (the runner drops the outputs of failed ones); it deletes every
+    other file and record, then writes `_SUCCESS.json` listing what it kept.
+  * An attempt still running after the finish began (a duplicate of a chunk
+    that already succeeded) finds the run's `.finishing` flag after its
+    rename and deletes what it published.
+  * After a killed job, --resume keeps one committed attempt per chunk (the
+    first by attempt id) and labels only URIs that no kept file holds.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import datetime
 import logging
+import re
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.utils import retry
 
-from transforms import tally
-from transforms.errors import METRICS_NAMESPACE, ErrorRecord
+from transforms.errors import ErrorRecord
+from transforms.labeling import merge_counts
+from transforms.manifest import (SUCCESS_FILE, output_path, read_manifest,
+                                 write_manifest)
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX,
                                dictionary_columns, error_row,
@@ -40,31 +51,66 @@ from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
 _LOGGER = logging.getLogger(__name__)
 
 INCOMPLETE_DIR = "_incomplete"
-SUCCESS_FILE = "_SUCCESS.json"
+ATTEMPTS_DIR = "_attempts"
+RECORD_SUFFIX = ".json"
+FINISHING_SUFFIX = ".finishing"
+EMPTY_CHUNK = "empty"
+
+#: Rows per Parquet row group: rows are streamed to the file a row group at a
+#: time, so committing a chunk only encodes its last group.
+ROW_GROUP_ROWS = 1024
+
+_NAME = re.compile(r"^(labels|errors)-(.+)-(c\d+|empty)-([0-9a-f]+)"
+                   + re.escape(PARQUET_SUFFIX) + "$")
 
 
-def output_path(output: str, name: str) -> str:
-    """`<output>/<name>` on any Beam filesystem."""
-    return FileSystems.join(output.rstrip("/"), name)
+class ChunkFile(NamedTuple):
+    """The parts of a committed file's name."""
+    prefix: str
+    run_id: str
+    chunk: str
+    attempt: str
+
+
+def parse_file_name(name: str) -> Optional[ChunkFile]:
+    """`labels-<run>-<chunk>-<attempt>.parquet` → its parts; None for any
+    other name (e.g. files of an older layout)."""
+    match = _NAME.match(name.rsplit("/", 1)[-1])
+    return ChunkFile(*match.groups()) if match else None
+
+
+def chunk_file_name(prefix: str, run_id: str, chunk: str,
+                    attempt: str) -> str:
+    return f"{prefix}-{run_id}-{chunk}-{attempt}{PARQUET_SUFFIX}"
+
+
+def record_name(run_id: str, chunk: str, attempt: str) -> str:
+    """A commit record's path relative to the output directory."""
+    return f"{ATTEMPTS_DIR}/{run_id}-{chunk}-{attempt}{RECORD_SUFFIX}"
+
+
+def record_path(output: str, run_id: str, chunk: str, attempt: str) -> str:
+    return output_path(output, record_name(run_id, chunk, attempt))
+
+
+def finishing_path(output: str, run_id: str) -> str:
+    return output_path(output, f"{ATTEMPTS_DIR}/{run_id}{FINISHING_SUFFIX}")
 
 
 def finished_files_pattern(output: str, prefix: str) -> str:
-    """Glob of the committed files of one kind (never the incomplete ones)."""
+    """Glob of the published files of one kind (never the incomplete ones).
+    Complete and free of repeats once `_SUCCESS.json` exists."""
     return output_path(output, f"{prefix}-*{PARQUET_SUFFIX}")
 
 
 def new_run_id() -> str:
     """A short id naming this run's files (sortable by start time)."""
-    import datetime  # pylint: disable=import-outside-toplevel
     now = datetime.datetime.now(datetime.timezone.utc)
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-#: Rows per Parquet row group. Row groups are written as rows arrive, so
-#: when a chunk (or the job) ends only its last row group is left to encode:
-#: writing a whole 5,000-row chunk at the end of a job took ~0.2 s, with
-#: the decode threads and the model already idle.
-ROW_GROUP_ROWS = 1024
+def new_attempt_id() -> str:
+    return uuid.uuid4().hex[:10]
 
 
 def parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
@@ -74,37 +120,40 @@ def parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
                             write_statistics=statistics_columns(schema))
 
 
+def _matching(pattern: str) -> List[str]:
+    """Paths matching a glob; [] when nothing (or no directory) is there."""
+    try:
+        return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    except Exception:  # pylint: disable=broad-except
+        return []
+
+
 @retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
-def _rename_into_place(temporary: str, final: str) -> None:
-    """Rename a written file to its final name; idempotent, so a retry after
-    a half-done rename is safe."""
+def _write_whole(table: pa.Table, path: str) -> None:
+    with FileSystems.create(path) as handle:
+        with parquet_writer(handle, table.schema) as writer:
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+
+@retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
+def _rename(temporary: str, final: str) -> None:
+    """Idempotent: a retry after a rename that went through is a no-op."""
     if not FileSystems.exists(temporary) and FileSystems.exists(final):
-        return  # renamed by an earlier attempt
-    if FileSystems.exists(final):
-        FileSystems.delete([final])  # same chunk written again: replace
+        return
     FileSystems.rename([temporary], [final])
 
 
 @retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
-def _commit(table: pa.Table, temporary: str, final: str) -> None:
-    """Write `table` to `temporary`, then rename it to `final`; idempotent."""
-    if not FileSystems.exists(temporary) or not FileSystems.exists(final):
-        with FileSystems.create(temporary) as handle:
-            with parquet_writer(handle, table.schema) as writer:
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-    _rename_into_place(temporary, final)
+def _write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(data)
 
 
-def _temporary_path(output: str, name: str) -> str:
-    return output_path(output, f"{INCOMPLETE_DIR}/{uuid.uuid4().hex}-{name}")
-
-
-def _chunk_path(output: str, prefix: str, run_id: str,
-                uris: Iterable[str]) -> str:
-    """Final path of a chunk: named by a digest of its URIs, so that a chunk
-    written again replaces its earlier copy instead of adding one."""
-    digest = hashlib.sha1("\n".join(uris).encode("utf-8")).hexdigest()[:16]
-    return output_path(output, f"{prefix}-{run_id}-{digest}{PARQUET_SUFFIX}")
+@retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5)
+def delete_if_present(paths: Sequence[str]) -> None:
+    present = [p for p in paths if FileSystems.exists(p)]
+    if present:
+        FileSystems.delete(present)
 
 
 class _StreamedFile:
@@ -131,203 +180,247 @@ class _StreamedFile:
         try:
             FileSystems.delete([self.temporary])
         except Exception:  # pylint: disable=broad-except
-            pass  # a leftover in _incomplete/ is deleted by the next launch
+            pass  # a leftover in _incomplete/ is deleted by the finish step
 
 
-Rows = Union[pa.RecordBatch, Dict[str, Any]]
+class ChunkWriter:
+    """One attempt at one chunk: label rows streamed to a temporary file as
+    they come, error rows kept until the end; `commit` publishes both under
+    names unique to the attempt and writes the attempt's commit record.
 
-
-class _WriteChunks(beam.DoFn):
-    """Takes rows (RecordBatches, or single rows as dicts) and commits a
-    file of exactly `rows_per_file` rows whenever it has that many, and the
-    rest at the end of each bundle. Emits the final path of every
-    committed file.
-
-    A chunk's rows are written to its file under _incomplete/ a row group
-    at a time as they arrive, and the file is renamed into place when the
-    chunk is complete. The rows also stay in memory until then: if writing
-    the stream fails, the whole chunk is written again with retries.
+    The rows also stay in memory until the commit: if streaming fails, the
+    file is written whole (with retries) instead.
     """
 
-    def __init__(self, output: str, prefix: str, schema: pa.Schema,
-                 run_id: str, rows_per_file: int):
-        self._output = output
-        self._prefix = prefix
-        self._schema = schema
-        self._run_id = run_id
-        self._rows_per_file = rows_per_file
-        self._batches: List[pa.RecordBatch] = []  # the chunk so far
-        self._buffered = 0      # rows in _batches
-        self._streamed = 0      # leading _batches already in the stream
-        self._unwritten = 0     # rows in the other ones
+    def __init__(self, output: str, run_id: str, chunk: str,
+                 attempt: Optional[str] = None):
+        self.output, self.run_id, self.chunk = output, run_id, chunk
+        self.attempt = attempt or new_attempt_id()
+        self._rows: List[pa.RecordBatch] = []
+        self._unstreamed = 0  # rows at the end of _rows not yet streamed
+        self._errors: List[ErrorRecord] = []
         self._stream: Optional[_StreamedFile] = None
         self._stream_failed = False
-        self._files = Metrics.counter(METRICS_NAMESPACE,
-                                      f"{prefix}_files_committed")
 
-    def start_bundle(self):
-        self._abandon_stream()  # left by a failed bundle, if any
-        self._reset()
+    def _temporary(self, prefix: str) -> str:
+        return output_path(self.output, f"{INCOMPLETE_DIR}/{self.run_id}-"
+                           f"{self.chunk}-{self.attempt}-{prefix}"
+                           f"{PARQUET_SUFFIX}")
 
-    def teardown(self):
-        self._abandon_stream()
+    def _final(self, prefix: str) -> str:
+        return output_path(self.output, chunk_file_name(
+            prefix, self.run_id, self.chunk, self.attempt))
 
-    def _reset(self):
-        self._batches, self._buffered = [], 0
-        self._streamed, self._unwritten = 0, 0
-        self._stream, self._stream_failed = None, False
+    @property
+    def rows(self) -> List[pa.RecordBatch]:
+        return self._rows
 
-    def process(self, rows: Rows) -> Iterable[str]:
-        if not isinstance(rows, pa.RecordBatch):
-            rows = pa.RecordBatch.from_pylist([rows], schema=self._schema)
-        while rows.num_rows:  # split so that every file is full
-            part = rows.slice(0, self._rows_per_file - self._buffered)
-            self._batches.append(part)
-            self._buffered += part.num_rows
-            self._unwritten += part.num_rows
-            rows = rows.slice(part.num_rows)
-            if self._buffered >= self._rows_per_file:
-                yield self._flush()
-            elif self._unwritten >= ROW_GROUP_ROWS:
-                self._stream_rows()
+    @property
+    def errors(self) -> List[ErrorRecord]:
+        return self._errors
 
-    def finish_bundle(self):
-        if self._buffered:
-            path = self._flush()
-            yield beam.utils.windowed_value.WindowedValue(
-                path, beam.utils.timestamp.MIN_TIMESTAMP,
-                [beam.transforms.window.GlobalWindow()])
+    def add_rows(self, rows: pa.RecordBatch) -> None:
+        self._rows.append(rows)
+        self._unstreamed += rows.num_rows
+        if self._unstreamed >= ROW_GROUP_ROWS:
+            self._stream_rows()
+
+    def add_errors(self, errors: Iterable[ErrorRecord]) -> None:
+        self._errors.extend(errors)
 
     def _stream_rows(self) -> None:
-        """Append the rows not yet written to the chunk's file."""
-        if self._stream_failed or not self._unwritten:
+        if self._stream_failed or not self._unstreamed:
             return
+        unstreamed, count = [], 0
+        for batch in reversed(self._rows):
+            if count >= self._unstreamed:
+                break
+            unstreamed.insert(0, batch)
+            count += batch.num_rows
         try:
             if self._stream is None:
-                self._stream = _StreamedFile(_temporary_path(
-                    self._output, f"{self._prefix}-{self._run_id}"
-                                  f"{PARQUET_SUFFIX}"), self._schema)
-            self._stream.write(pa.Table.from_batches(
-                self._batches[self._streamed:], self._schema))
-            self._streamed, self._unwritten = len(self._batches), 0
+                self._stream = _StreamedFile(self._temporary(LABELS_PREFIX),
+                                             LABELS_SCHEMA)
+            self._stream.write(pa.Table.from_batches(unstreamed,
+                                                     LABELS_SCHEMA))
+            self._unstreamed = 0
         except Exception:  # pylint: disable=broad-except
-            _LOGGER.warning("streaming %s rows to %s failed; the chunk will "
-                            "be written whole when complete", self._prefix,
-                            self._output, exc_info=True)
-            self._abandon_stream()
+            _LOGGER.warning("streaming rows of chunk %s to %s failed; the "
+                            "file will be written whole", self.chunk,
+                            self.output, exc_info=True)
+            self.abandon()
             self._stream_failed = True
 
-    def _abandon_stream(self) -> None:
-        if self._stream is not None:
-            self._stream.abandon()
-            self._stream = None
-
-    def _flush(self) -> str:
-        table = pa.Table.from_batches(self._batches, self._schema)
-        final = _chunk_path(self._output, self._prefix, self._run_id,
-                            table.column("uri").to_pylist())
+    def _labels_file(self) -> Optional[str]:
+        """The complete labels file under _incomplete/, or None if no rows."""
+        if not self._rows:
+            self.abandon()
+            return None
         self._stream_rows()
         if not self._stream_failed:
             try:
                 self._stream.close()
-                _rename_into_place(self._stream.temporary, final)
-                self._stream = None
+                return self._stream.temporary
             except Exception:  # pylint: disable=broad-except
-                _LOGGER.warning("committing the streamed chunk %s failed",
-                                final, exc_info=True)
-                self._stream_failed = True
-        if self._stream_failed:
-            self._abandon_stream()
-            _commit(table, _temporary_path(self._output,
-                                           final.rsplit("/", 1)[-1]), final)
-        self._reset()
-        self._files.inc()
-        return final
+                _LOGGER.warning("closing the labels file of chunk %s failed",
+                                self.chunk, exc_info=True)
+                self.abandon()
+        temporary = self._temporary(LABELS_PREFIX)
+        _write_whole(pa.Table.from_batches(self._rows, LABELS_SCHEMA),
+                     temporary)
+        return temporary
+
+    def _errors_file(self) -> Optional[str]:
+        if not self._errors:
+            return None
+        temporary = self._temporary(ERRORS_PREFIX)
+        _write_whole(pa.Table.from_pylist(
+            [error_row(e) for e in self._errors], schema=ERRORS_SCHEMA),
+            temporary)
+        return temporary
+
+    def commit(self, counts: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Publish the chunk's files and its commit record; returns the
+        record, or None when the run's finish step had already begun (this
+        attempt is a late duplicate: what it published is deleted again)."""
+        written = [(prefix, temporary) for prefix, temporary in (
+            (LABELS_PREFIX, self._labels_file()),
+            (ERRORS_PREFIX, self._errors_file())) if temporary]
+        finals = []
+        for prefix, temporary in written:
+            final = self._final(prefix)
+            _rename(temporary, final)
+            finals.append(final)
+        record = {"run_id": self.run_id, "chunk": self.chunk,
+                  "attempt": self.attempt,
+                  "files": [f.rsplit("/", 1)[-1] for f in finals], **counts}
+        marker = record_path(self.output, self.run_id, self.chunk,
+                             self.attempt)
+        _write_bytes(marker, _json(record))
+        if FileSystems.exists(finishing_path(self.output, self.run_id)):
+            _LOGGER.warning("chunk %s attempt %s finished after the run's "
+                            "finish step began: a duplicate attempt, its "
+                            "files are deleted", self.chunk, self.attempt)
+            delete_if_present([marker])
+            delete_if_present(finals)
+            return None
+        return record
+
+    def abandon(self) -> None:
+        """Drop the temporary file (a failed attempt leaves nothing else)."""
+        if self._stream is not None:
+            self._stream.abandon()
+            self._stream = None
 
 
-class WriteParquetChunks(beam.PTransform):
-    """Rows of `schema` (RecordBatches or dicts) → committed
-    `<output>/<prefix>-<run>-*.parquet` files; returns the PCollection of
-    their paths."""
-
-    def __init__(self, output: str, prefix: str, schema: pa.Schema,
-                 run_id: str, rows_per_file: int):
-        super().__init__()
-        self._args = (output, prefix, schema, run_id, rows_per_file)
-
-    def expand(self, rows):
-        return rows | "WriteChunks" >> beam.ParDo(_WriteChunks(*self._args))
+def _json(value: Any) -> bytes:
+    import json  # pylint: disable=import-outside-toplevel
+    return json.dumps(value, sort_keys=True).encode("utf-8")
 
 
-class WriteLabels(WriteParquetChunks):
-    """Label RecordBatches → <output>/labels-<run>-<digest>.parquet."""
-
-    def __init__(self, output: str, run_id: str, rows_per_file: int):
-        super().__init__(output, LABELS_PREFIX, LABELS_SCHEMA, run_id,
-                         rows_per_file)
+def read_record(path: str) -> Dict[str, Any]:
+    import json  # pylint: disable=import-outside-toplevel
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))
 
 
-def _counted_error_row(record: ErrorRecord) -> dict:
-    """Count an error (`images_failed_<stage>`) as it is written: the one
-    place every error passes, whichever step and thread produced it."""
-    Metrics.counter(METRICS_NAMESPACE, f"images_failed_{record.stage}").inc()
-    Metrics.counter(METRICS_NAMESPACE,
-                    f"errors:{record.stage}/{record.error_type}").inc()
-    tally.add("failed")
-    return error_row(record)
+def committed_records(output: str) -> List[str]:
+    """Commit records to keep after a killed run: one per (run, chunk), the
+    attempt with the smallest id, so every reader of the same records picks
+    the same ones."""
+    kept: Dict[tuple, tuple] = {}
+    for path in _matching(output_path(output, f"{ATTEMPTS_DIR}/*"
+                                              f"{RECORD_SUFFIX}")):
+        stem = path.rsplit("/", 1)[-1][:-len(RECORD_SUFFIX)]
+        run_chunk, _, attempt = stem.rpartition("-")
+        if run_chunk not in kept or attempt < kept[run_chunk][0]:
+            kept[run_chunk] = (attempt, path)
+    return sorted(path for _, path in kept.values())
 
 
-class WriteErrors(beam.PTransform):
-    """ErrorRecords → <output>/errors-<run>-<digest>.parquet."""
+class SummaryFn(beam.CombineFn):
+    """Commit records → the job's summary: every kept file and record, and
+    the counts (sums over chunks)."""
 
-    def __init__(self, output: str, run_id: str, rows_per_file: int):
-        super().__init__()
-        self._output = output
-        self._run_id = run_id
-        self._rows_per_file = rows_per_file
+    def create_accumulator(self):
+        return {"files": [], "records": [], "counts": merge_counts([])}
 
-    def expand(self, errors):
-        return (errors
-                | "ToErrorRow" >> beam.Map(_counted_error_row)
-                | "WriteChunks" >> WriteParquetChunks(
-                    self._output, ERRORS_PREFIX, ERRORS_SCHEMA, self._run_id,
-                    self._rows_per_file))
+    def add_input(self, acc, record):
+        acc["files"].extend(record["files"])
+        acc["records"].append(record_name(record["run_id"], record["chunk"],
+                                          record["attempt"]))
+        acc["counts"] = merge_counts([acc["counts"], record])
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            merged["files"].extend(acc["files"])
+            merged["records"].extend(acc["records"])
+            merged["counts"] = merge_counts([merged["counts"], acc["counts"]])
+        return merged
+
+    def extract_output(self, acc):
+        return {"files": sorted(acc["files"]),
+                "records": sorted(acc["records"]), "counts": acc["counts"]}
 
 
 class _Finish(beam.DoFn):
-    """Runs once, after every file is committed: makes sure a labels and an
-    errors file exist (so "none" reads as an empty table, not a missing
-    one) and writes the _SUCCESS.json marker."""
+    """Runs once, after every chunk: flags the run as finishing, writes an
+    empty labels / errors file where there is none (so "none" reads as an
+    empty table), deletes every file and record that is not kept, and
+    writes the manifest last. Idempotent, so a retry is safe."""
 
     def __init__(self, output: str, run_id: str, details: Dict[str, Any]):
         self._output = output
         self._run_id = run_id
         self._details = details
 
-    def process(self, _once, files: List[str]) -> Iterable[str]:
-        files = list(files)
+    def process(self, summary: Dict[str, Any]) -> Iterable[str]:
+        output = self._output
+        _write_bytes(finishing_path(output, self._run_id), b"")
+        files = list(summary["files"])
         for prefix, schema in ((LABELS_PREFIX, LABELS_SCHEMA),
                                (ERRORS_PREFIX, ERRORS_SCHEMA)):
-            if any(f"/{prefix}-{self._run_id}-" in f for f in files):
-                continue
-            final = output_path(self._output, f"{prefix}-{self._run_id}"
-                                              f"-empty{PARQUET_SUFFIX}")
-            _commit(schema.empty_table(), output_path(
-                self._output, f"{INCOMPLETE_DIR}/{uuid.uuid4().hex}"), final)
-            files.append(final)
-        marker = {"run_id": self._run_id,
-                  "files": sorted(f.rsplit("/", 1)[-1] for f in files),
-                  **self._details}
-        with FileSystems.create(output_path(self._output, SUCCESS_FILE)) as f:
-            f.write(json.dumps(marker, indent=2).encode("utf-8"))
-        incomplete = output_path(self._output, INCOMPLETE_DIR)
-        if FileSystems.exists(incomplete):  # every chunk is committed now
-            FileSystems.delete([incomplete])
-        yield output_path(self._output, SUCCESS_FILE)
+            if not any(name.startswith(prefix + "-") for name in files):
+                name = chunk_file_name(prefix, self._run_id, EMPTY_CHUNK, "0")
+                _write_whole(schema.empty_table(), output_path(output, name))
+                files.append(name)
+        keep = {output_path(output, name) for name in files}
+        keep.update(output_path(output, name) for name in summary["records"])
+        self._delete_unkept(keep)
+        counts = summary["counts"]
+        manifest = {"run_id": self._run_id, "files": sorted(files),
+                    "finished_at": datetime.datetime.now(
+                        datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "counts": counts, **self._details}
+        yield write_manifest(output, manifest)
+
+    def _delete_unkept(self, keep: set) -> None:
+        """Records first, then files: a record never names a missing file."""
+        output = self._output
+        records = _matching(output_path(output, f"{ATTEMPTS_DIR}/*"
+                                                f"{RECORD_SUFFIX}"))
+        files = [path for prefix in (LABELS_PREFIX, ERRORS_PREFIX)
+                 for path in _matching(finished_files_pattern(output, prefix))]
+        stale_records = [p for p in records if p not in keep]
+        stale_files = [p for p in files if p not in keep]
+        if stale_records or stale_files:
+            _LOGGER.info("deleting %d files and %d records of failed or "
+                         "duplicate attempts", len(stale_files),
+                         len(stale_records))
+        incomplete = output_path(output, INCOMPLETE_DIR)
+        for group in (stale_records, stale_files,
+                      _matching(incomplete + "/*")):
+            for start in range(0, len(group), 1000):
+                delete_if_present(group[start:start + 1000])
+        if "://" not in output:  # a local directory; object stores have none
+            delete_if_present([incomplete])
 
 
 class FinishOutput(beam.PTransform):
-    """PCollection of committed file paths → _SUCCESS.json, once all exist."""
+    """PCollection of commit records → `_SUCCESS.json`, once every chunk is
+    committed (also when there are none)."""
 
     def __init__(self, output: str, run_id: str,
                  details: Optional[Dict[str, Any]] = None):
@@ -336,13 +429,59 @@ class FinishOutput(beam.PTransform):
         self._run_id = run_id
         self._details = details or {}
 
-    def expand(self, files):
-        # One element with every path as a side input: it runs once, after
-        # all files are committed, and also when there are none. (ToList
-        # does the same as a global combine: ~15 more transforms to build
-        # and three more stages to run at the end of the job.)
-        return (files.pipeline
-                | "Once" >> beam.Create([None])
+    def expand(self, records):
+        return (records
+                | "Summary" >> beam.CombineGlobally(SummaryFn())
                 | "Finish" >> beam.ParDo(
-                    _Finish(self._output, self._run_id, self._details),
-                    beam.pvalue.AsList(files)))
+                    _Finish(self._output, self._run_id, self._details)))
+
+
+def read_uri_column(path: str) -> List[str]:
+    """The `uri` column of one committed file: its footer, then that
+    column's chunks only."""
+    from transforms.schema import read_columns  # pylint: disable=import-outside-toplevel
+    with FileSystems.open(path) as handle:
+        return read_columns(handle, ["uri"]).column("uri").to_pylist()
+
+
+RECORDS_TAG = "records"
+
+
+class _ReadCommitted(beam.DoFn):
+    """A kept commit record → the URIs its files hold; the record itself on
+    RECORDS_TAG (the finish step keeps its files and counts them)."""
+
+    def __init__(self, output: str):
+        self._output = output
+
+    def process(self, path: str):
+        record = read_record(path)
+        yield beam.pvalue.TaggedOutput(RECORDS_TAG, record)
+        for name in record["files"]:
+            yield from read_uri_column(output_path(self._output, name))
+
+
+class ReadCommitted(beam.PTransform):
+    """For --resume: the commit records kept from earlier runs of `output`
+    → {"uris": URIs already done, RECORDS_TAG: the records}. Records are
+    listed in one element, then read in parallel, one each."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, pbegin):
+        results = (pbegin
+                   | "Output" >> beam.Create([self._output])
+                   | "KeptRecords" >> beam.FlatMap(committed_records)
+                   | "Spread" >> beam.Reshuffle()
+                   | "Read" >> beam.ParDo(_ReadCommitted(self._output))
+                   .with_outputs(RECORDS_TAG, main="uris"))
+        return {"uris": results.uris, RECORDS_TAG: results[RECORDS_TAG]}
+
+
+def summary_of(output: str) -> Optional[Dict[str, Any]]:
+    """The finished output's counts as its manifest records them."""
+    manifest = read_manifest(output)
+    return manifest.get("counts") if manifest else None
+

@@ -1,0 +1,228 @@
+"""URIs → fixed chunks → one DoFn call per chunk: read, decode, classify and
+commit its Parquet files.
+
+A chunk is the set of URIs whose hash falls in one of ceil(inputs /
+rows_per_file) buckets: it depends on the URIs alone, never on bundles, so
+a retried or split bundle redoes whole chunks and each chunk's files are
+published by exactly one successful attempt (transforms/write.py). The
+grouping also removes repeated URIs and, on --resume, URIs already done.
+
+Beam sees one element per chunk from here on, not one per image: per-image
+work runs in plain functions (transforms/labeling.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import tally
+from transforms.classify import SharedClassifier
+from transforms.errors import (METRICS_NAMESPACE, STAGE_CLASSIFY, STAGE_READ,
+                               ErrorRecord, error_record)
+from transforms.labeling import (ChunkCounts, batches_of, pipelined,
+                                 process_pool)
+from transforms.read import check_uri_allowed, read_file_bytes
+from transforms.write import ChunkWriter
+
+_LOGGER = logging.getLogger(__name__)
+
+Chunk = Tuple[str, List[str]]  # (chunk id, its URIs, sorted)
+
+
+def chunk_count(inputs: int, rows_per_file: int) -> int:
+    """Chunks for `inputs` URIs: about rows_per_file URIs each."""
+    return max(1, math.ceil(inputs / rows_per_file))
+
+
+def chunk_of(uri: str, chunks: int) -> str:
+    """The chunk id of a URI: a stable hash (the same in every process and
+    run), modulo the chunk count."""
+    digest = hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest()
+    return f"c{int.from_bytes(digest, 'big') % chunks:06d}"
+
+
+class _KeepUndone(beam.DoFn):
+    """(chunk, {"inputs": URIs, "done": URIs}) → (chunk, sorted URIs that
+    are not done), each URI once."""
+
+    def __init__(self):
+        self._skipped = Metrics.counter(METRICS_NAMESPACE,
+                                        "images_skipped_done")
+
+    def process(self, grouped) -> Iterable[Chunk]:
+        chunk, groups = grouped
+        inputs = set(groups["inputs"])
+        undone = inputs.difference(groups["done"])
+        if len(undone) < len(inputs):
+            self._skipped.inc(len(inputs) - len(undone))
+            tally.add("skipped", len(inputs) - len(undone))
+        if undone:
+            yield chunk, sorted(undone)
+
+
+class ChunkUris(beam.PTransform):
+    """PCollection[str] of URIs (repeats allowed) → PCollection[Chunk].
+
+    `done`: URIs already in committed files (--resume), left out."""
+
+    def __init__(self, rows_per_file: int, done=None):
+        super().__init__()
+        self._rows_per_file = rows_per_file
+        self._done = done
+
+    def expand(self, uris):
+        count = beam.pvalue.AsSingleton(
+            uris | "Count" >> beam.combiners.Count.Globally())
+        rows_per_file = self._rows_per_file
+
+        def key(uri: str, inputs: int) -> Tuple[str, str]:
+            return chunk_of(uri, chunk_count(inputs, rows_per_file)), uri
+
+        done = self._done if self._done is not None else (
+            uris.pipeline | "NoneDone" >> beam.Create([]))
+        return ({"inputs": uris | "KeyInputs" >> beam.Map(key, count),
+                 "done": done | "KeyDone" >> beam.Map(key, count)}
+                | "Group" >> beam.CoGroupByKey()
+                | "KeepUndone" >> beam.ParDo(_KeepUndone()))
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """What labeling a chunk needs to know (typed values from the config)."""
+    output: str
+    run_id: str
+    decode: Any                      # imaging DecodeSettings
+    max_file_bytes: int
+    allowed_schemes: Tuple[str, ...]
+    batch_size: int
+    decode_threads: int
+    read_threads: int                # 1: read on the decode threads
+    backend: str
+
+
+def batches_in_flight(decode_threads: int) -> int:
+    """Batches read and decoded ahead of the model: two per decode thread
+    and two more, so a thread that finishes while the model runs on an
+    older batch starts the next one at once."""
+    return 2 * (decode_threads + 1)
+
+
+class _LabelChunk(beam.DoFn):
+    """Chunk → its commit record (see transforms/write.py), after its files
+    are published. The model is loaded once per process (Beam's Shared);
+    decode threads are one pool per process."""
+
+    def __init__(self, settings: ChunkSettings, handler):
+        self._settings = settings
+        self._handler = handler
+        self._classifier = SharedClassifier(handler)
+        self._model = None
+
+    def setup(self):
+        from transforms.imaging import DECODE_THREAD_NICENESS  # pylint: disable=import-outside-toplevel
+        from transforms.threaded import lower_this_thread_priority  # pylint: disable=import-outside-toplevel
+        self._model = self._classifier.acquire()
+        settings = self._settings
+        self._decode_pool = process_pool(
+            "decode", settings.decode_threads,
+            lambda: lower_this_thread_priority(DECODE_THREAD_NICENESS))
+        self._read_pool = (process_pool("read", settings.read_threads)
+                           if settings.read_threads > 1 else None)
+        logging.getLogger("PIL").setLevel(logging.CRITICAL)
+
+    def _read(self, uri: str):
+        from transforms.imaging import ImageBytes  # pylint: disable=import-outside-toplevel
+        settings = self._settings
+        try:
+            check_uri_allowed(uri, settings.allowed_schemes)
+            return ImageBytes(uri, read_file_bytes(uri,
+                                                   settings.max_file_bytes))
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOGGER.debug("read failed for %s", uri, exc_info=True)
+            return error_record(uri, STAGE_READ, exc)
+
+    def _prepare(self, uris: Sequence[str]):
+        """On a decode thread: read and decode one batch."""
+        from transforms.imaging import decode_batch  # pylint: disable=import-outside-toplevel
+        read = (list(self._read_pool.map(self._read, uris)) if self._read_pool
+                else [self._read(uri) for uri in uris])
+        images = [r for r in read if not isinstance(r, ErrorRecord)]
+        errors = [r for r in read if isinstance(r, ErrorRecord)]
+        decoded, decode_errors = (decode_batch(images, self._settings.decode)
+                                  if images else (None, []))
+        return decoded, errors + decode_errors
+
+    def _classify(self, prepared):
+        """On the bundle thread: the model on one decoded batch → rows."""
+        from transforms.rows import label_batch  # pylint: disable=import-outside-toplevel
+        decoded, errors = prepared
+        if decoded is None:
+            return None, errors
+        try:
+            result = self._handler.run_inference(decoded, self._model)[0]
+            return label_batch(result, self._settings.backend), errors
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOGGER.warning("classifying a batch of %d images failed: %s",
+                            len(decoded.uris), exc, exc_info=True)
+            return None, errors + [error_record(uri, STAGE_CLASSIFY, exc)
+                                   for uri in decoded.uris]
+
+    def process(self, chunk: Chunk) -> Iterable[Dict[str, Any]]:
+        self._classifier.report_load()
+        chunk_id, uris = chunk
+        settings = self._settings
+        writer = ChunkWriter(settings.output, settings.run_id, chunk_id)
+        try:
+            for rows, errors in pipelined(
+                    batches_of(uris, settings.batch_size), self._prepare,
+                    self._classify, self._decode_pool,
+                    batches_in_flight(settings.decode_threads)):
+                if rows is not None:
+                    writer.add_rows(rows)
+                    tally.add("labeled", rows.num_rows)
+                if errors:
+                    writer.add_errors(errors)
+                    tally.add("failed", len(errors))
+            record = writer.commit(
+                ChunkCounts.of(writer.rows, writer.errors)._asdict())
+        except BaseException:
+            writer.abandon()
+            raise
+        if record is not None:
+            count_committed(record, writer.errors)
+            yield record
+
+
+def count_committed(record: Dict[str, Any],
+                    errors: Sequence[ErrorRecord]) -> None:
+    """Beam counters for a committed chunk: the runner keeps only the
+    counters of successful attempts, so each image is counted once."""
+    Metrics.counter(METRICS_NAMESPACE, "images_labeled").inc(record["labeled"])
+    Metrics.counter(METRICS_NAMESPACE, "chunks_committed").inc()
+    by_stage: Dict[str, int] = {}
+    for error in errors:
+        by_stage[error.stage] = by_stage.get(error.stage, 0) + 1
+    for stage, count in by_stage.items():
+        Metrics.counter(METRICS_NAMESPACE, f"images_failed_{stage}").inc(count)
+    for kind, count in record["errors_by_type"].items():
+        Metrics.counter(METRICS_NAMESPACE, f"errors:{kind}").inc(count)
+
+
+class LabelChunks(beam.PTransform):
+    """PCollection[Chunk] → PCollection of commit records, one per chunk."""
+
+    def __init__(self, settings: ChunkSettings, handler):
+        super().__init__()
+        self._settings = settings
+        self._handler = handler
+
+    def expand(self, chunks):
+        return chunks | "LabelChunk" >> beam.ParDo(
+            _LabelChunk(self._settings, self._handler))
+

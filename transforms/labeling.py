@@ -1,0 +1,103 @@
+"""Labeling a list of URIs, as plain functions (no Beam): the body of the
+job's one DoFn per chunk (transforms/label_chunks.py).
+
+    uris → batches → (read + decode on a thread pool) → classify on the
+        calling thread → label rows | error records
+
+Reading and decoding release the GIL (storage I/O, libjpeg-turbo, Pillow),
+so a pool works a few batches ahead while the calling thread runs the model
+on the oldest one: the two halves overlap instead of taking turns.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+from typing import (Any, Callable, Counter, Deque, Dict, Iterable, Iterator,
+                    List, NamedTuple, Optional, Sequence, Tuple, TypeVar)
+
+import pyarrow as pa
+
+from transforms.errors import ErrorRecord
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def batches_of(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of `size` items (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def pipelined(items: Iterable[T], prepare: Callable[[T], R],
+              finish: Callable[[R], Any], pool: concurrent.futures.Executor,
+              in_flight: int) -> Iterator[Any]:
+    """`finish(prepare(item))` for every item, in order: `prepare` runs on
+    `pool`, at most `in_flight` items ahead; `finish` runs on the calling
+    thread as soon as the oldest prepared item is ready."""
+    pending: Deque[concurrent.futures.Future] = collections.deque()
+    for item in items:
+        pending.append(pool.submit(prepare, item))
+        while pending and (pending[0].done() or len(pending) >= in_flight):
+            yield finish(pending.popleft().result())
+    while pending:
+        yield finish(pending.popleft().result())
+
+
+_POOLS: Dict[Tuple[str, int], concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def process_pool(name: str, threads: int,
+                 initializer: Optional[Callable[[], None]] = None
+                 ) -> concurrent.futures.ThreadPoolExecutor:
+    """One thread pool per (name, size) in this process, shared by every
+    bundle thread: the threads follow the process's share of the cores, not
+    the number of bundles running at once."""
+    with _POOLS_LOCK:
+        key = (name, threads)
+        if key not in _POOLS:
+            _POOLS[key] = concurrent.futures.ThreadPoolExecutor(
+                threads, thread_name_prefix=name, initializer=initializer)
+        return _POOLS[key]
+
+
+class ChunkCounts(NamedTuple):
+    """What one chunk's attempt produced, as the job's summary counts it."""
+    labeled: int
+    failed: int
+    errors_by_type: Dict[str, int]   # "<stage>/<error_type>" → images
+    label_counts: Dict[str, int]     # top-1 label → images
+
+    @classmethod
+    def of(cls, rows: Sequence[pa.RecordBatch],
+           errors: Sequence[ErrorRecord]) -> "ChunkCounts":
+        labels: Counter[str] = collections.Counter()
+        for batch in rows:
+            labels.update(batch.column(batch.schema.get_field_index("label"))
+                          .to_pylist())
+        by_type = collections.Counter(f"{e.stage}/{e.error_type}"
+                                      for e in errors)
+        return cls(sum(b.num_rows for b in rows), len(errors),
+                   dict(by_type), dict(labels))
+
+
+def merge_counts(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+    """Sum the count fields of chunk records (see ChunkCounts)."""
+    labeled = failed = 0
+    by_type: Counter[str] = collections.Counter()
+    labels: Counter[str] = collections.Counter()
+    for part in parts:
+        labeled += part.get("labeled", 0)
+        failed += part.get("failed", 0)
+        by_type.update(part.get("errors_by_type", {}))
+        labels.update(part.get("label_counts", {}))
+    return {"labeled": labeled, "failed": failed,
+            "errors_by_type": dict(by_type), "label_counts": dict(labels)}
+
+
+def top_labels(label_counts: Dict[str, int], n: int = 10
+               ) -> List[Tuple[str, int]]:
+    """The n most frequent top-1 labels, most frequent first (ties by name)."""
+    return sorted(label_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
