@@ -515,6 +515,7 @@ table.data tbody tr:hover { background: #eef4fb; }
 table.data td { overflow-wrap: break-word; }
 table.data td.uri { overflow-wrap: anywhere; font-family: ui-monospace,
   monospace; font-size: 12px; }
+td.uri .dir { color: var(--muted); }
 th button { all: unset; cursor: pointer; display: block; width: 100%; }
 th button:focus-visible { outline: 2px solid var(--accent); }
 th[aria-sort] button::after { content: " \\25B2"; font-size: 10px; }
@@ -633,8 +634,13 @@ def _esc(value: object) -> str:
 
 
 def _uri_html(uri: object) -> str:
-    """An escaped URI that wraps after slashes (a <wbr> after each)."""
-    return "/<wbr>".join(_esc(part) for part in str(uri).split("/"))
+    """An escaped URI that wraps after slashes (a <wbr> after each), its
+    directory muted so that the file names stand out."""
+    directory, slash, name = str(uri).rpartition("/")
+    if not slash:
+        return _esc(name)
+    parts = "/<wbr>".join(_esc(part) for part in directory.split("/"))
+    return f'<span class="dir">{parts}/</span><wbr>{_esc(name)}'
 
 
 def _score(value: object) -> str:

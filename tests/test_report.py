@@ -551,8 +551,8 @@ _BROKEN_WORDS = """
                                          : /[^\\s-]+-?|-/g;
   for (const cell of document.querySelectorAll(selector)) {
     const lines = new Set();
-    for (const node of cell.childNodes) {
-      if (node.nodeType !== Node.TEXT_NODE) continue;
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node; (node = walker.nextNode());) {
       const pieces = [...node.data.matchAll(unit)].map(
         m => [m.index, m.index + m[0].length]);
       for (const [start, end] of pieces) {
