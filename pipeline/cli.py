@@ -107,8 +107,9 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     if facts.is_standin:
         _standin_banner(args.model)
-    _LOGGER.info("labeling %d images with %s (%s module, %d classes%s)",
-                 facts.total_inputs, args.model, facts.classifier.kind,
+    _LOGGER.info("labeling %s images with %s (%s module, %d classes%s)",
+                 "all" if facts.total_inputs is None else facts.total_inputs,
+                 args.model, facts.classifier.kind,
                  facts.classifier.num_classes,
                  f", {facts.classifier.embedding_dim}-d embedding"
                  if facts.classifier.embedding_dim else ", no embedding")

@@ -13,10 +13,13 @@ from transforms import tally
 _LOGGER = logging.getLogger("pipeline")
 
 
-def progress_line(total: int, done: int, errors: int, elapsed_s: float
-                  ) -> str:
-    """"1,234/5,000 images (24.7%), 3 errors, 410 img/s, ETA 9 s"."""
+def progress_line(total: Optional[int], done: int, errors: int,
+                  elapsed_s: float) -> str:
+    """"1,234/5,000 images (24.7%), 3 errors, 410 img/s, ETA 9 s"; without
+    a total (None: not counted before the run) "1,234 images, ..."."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if total is None:
+        return f"{done:,} images, {errors:,} errors, {rate:.0f} img/s"
     share = 100.0 * done / total if total else 0.0
     eta = f"{(total - done) / rate:.0f} s" if rate > 0 and done < total \
         else "-"
@@ -35,7 +38,7 @@ class ProgressReporter:
     images_failed_<stage>) in their own UI.
     """
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr,
+    def __init__(self, total: Optional[int], stream: TextIO = sys.stderr,
                  quiet_interval_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):
         self._total = total
@@ -66,7 +69,8 @@ class ProgressReporter:
         counts = tally.snapshot()
         self._skipped = counts.get("skipped", 0)
         done = counts.get("labeled", 0) + counts.get("failed", 0)
-        return progress_line(self._total - self._skipped, done,
+        return progress_line(None if self._total is None else
+                             self._total - self._skipped, done,
                              counts.get("failed", 0),
                              self._clock() - self._started)
 
@@ -101,7 +105,7 @@ def errors_by_type(counters: Dict[str, int]) -> List[Tuple[str, int]]:
     return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
 
 
-def summary_lines(total_inputs: int, counters: Dict[str, int],
+def summary_lines(total_inputs: Optional[int], counters: Dict[str, int],
                   wall_s: float, labeling_s: float, output: str,
                   labels: Optional[List[Tuple[str, int]]] = None
                   ) -> List[str]:
@@ -112,6 +116,8 @@ def summary_lines(total_inputs: int, counters: Dict[str, int],
     errors = sum(failed.values())
     by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted(failed.items()))
     skipped = counters.get("images_skipped_done", 0)
+    if total_inputs is None:  # the launch checks only sampled the input
+        total_inputs = labeled + errors + skipped
     lines = [
         f"inputs        {total_inputs}",
         f"already done  {skipped} (kept from earlier runs)" if skipped else "",

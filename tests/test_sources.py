@@ -226,3 +226,16 @@ def test_launch_check_empty_manifest(tmp_path):
         list_inputs(None, str(manifest))
     with pytest.raises(LaunchError, match="cannot read --input_manifest"):
         list_inputs(None, str(tmp_path / "missing.txt"))
+
+
+def test_progress_and_summary_without_a_total():
+    """After a sampled launch check the total is unknown (None): progress
+    shows what is done, the summary counts what the job saw."""
+    from pipeline.progress import progress_line, summary_lines
+    assert progress_line(None, 1250, 3, 5.0) == \
+        "1,250 images, 3 errors, 250 img/s"
+    lines = summary_lines(None, {"images_labeled": 90,
+                                 "images_failed_decode": 10}, 10.0, 5.0,
+                          "/out")
+    assert "inputs        100" in lines
+    assert "images/s      10.0 overall, 20.0 while labeling" in lines
