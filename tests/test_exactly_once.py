@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import glob
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -53,11 +55,12 @@ def _job_args(inputs: Path, output: str, model: str,
 
 
 def attempt(run_id: str, job_args: Sequence[str], *harness_args: str,
-            expect_crash: bool = False) -> subprocess.CompletedProcess:
+            expect_crash: bool = False, env: Optional[Dict[str, str]] = None
+            ) -> subprocess.CompletedProcess:
     process = subprocess.run(
         [sys.executable, "-m", "tests.retry_harness", run_id, *harness_args,
          "--", *job_args], capture_output=True, text=True, timeout=600,
-        cwd=PROJECT_ROOT)
+        cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
     expected = CRASH_EXIT if expect_crash else 0
     assert process.returncode == expected, process.stderr[-3000:]
     return process
@@ -186,3 +189,52 @@ def test_killed_job_with_duplicate_attempts_then_resume(inputs, standin_tf1,
     assert not [f for f in manifest["files"]
                 if f"-{new_run}-c" in f], "resume labeled committed images"
     assert len(glob.glob(f"{output}/labels-*.parquet")) < labeled_before
+
+
+BUCKET = "exactly-once"
+
+
+def test_object_storage_retry_and_late_attempt(standin_tf1, tmp_path):
+    """The same guarantee on gs:// (no atomic rename, prefixes for
+    directories): a retry with a changed outcome, then a late duplicate
+    attempt after the finish."""
+    from tests.gcs_emulator import GcsEmulator  # pylint: disable=import-outside-toplevel
+    with GcsEmulator() as emu:
+        emu.create_bucket(BUCKET)
+        bucket = emu.client().bucket(BUCKET)
+        photos = photo_paths()[:N_INPUTS]
+        uris = []
+        for i, path in enumerate(photos):
+            name = f"in/img{i:02d}.JPEG"
+            bucket.blob(name).upload_from_filename(path)
+            uris.append(f"gs://{BUCKET}/{name}")
+        changing = bucket.blob("in/img00.JPEG")
+        good = changing.download_as_bytes()
+        output = f"gs://{BUCKET}/out"
+        args = ["--input", f"gs://{BUCKET}/in/*.JPEG", "--output", output,
+                "--model", standin_tf1, "--labels", str(LABELS_FILE),
+                "--rows_per_file", "5", "--max_batch_size", "4"]
+        changing.upload_from_string(BROKEN)
+        attempt(RUN_ID, args, "--crash_before_finish", expect_crash=True,
+                env=emu.env())
+        changing.upload_from_string(good)
+        attempt(RUN_ID, args, env=emu.env())
+        changing.upload_from_string(BROKEN)
+        attempt(RUN_ID, args, "--crash_before_finish", expect_crash=True,
+                env=emu.env())
+
+        def uris_of(prefix: str, names: Sequence[str]) -> List[str]:
+            return [uri for name in names if name.startswith(prefix)
+                    for uri in pq.read_table(io.BytesIO(bucket.blob(
+                        f"out/{name}").download_as_bytes()), columns=["uri"])
+                    .column("uri").to_pylist()]
+        listed = [b.name[len("out/"):] for b in bucket.list_blobs(
+            prefix="out/") if "/" not in b.name[len("out/"):]]
+        manifest = json.loads(bucket.blob("out/_SUCCESS.json")
+                              .download_as_bytes())
+        for names in (listed, manifest["files"]):
+            labeled = uris_of("labels-", names)
+            failed = uris_of("errors-", names)
+            assert sorted(labeled) == sorted(uris), names
+            assert failed == []
+        assert not list(bucket.list_blobs(prefix="out/_incomplete/"))
