@@ -9,17 +9,16 @@ the runner retries or splits the work (see transforms/write.py).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
 
 from transforms.backends import ModelLoader
 from transforms.classify import ClassifierHandler
-from transforms.imaging import DecodeSettings, allowed_formats
 from transforms.errors import redact
 from transforms.label_chunks import ChunkSettings, ChunkUris, LabelChunks
-from transforms.read import parse_manifest_line, uri_scheme
+from transforms.sources import InputSpec
 from transforms.write import RECORDS_TAG, FinishOutput, ReadCommitted
 
 # Concurrent reads per worker process from object storage, to hide its
@@ -27,26 +26,10 @@ from transforms.write import RECORDS_TAG, FinishOutput, ReadCommitted
 REMOTE_READ_THREADS = 8
 
 
-def input_schemes(config) -> Sequence[str]:
-    """Filesystems input URIs may be on: --input_schemes, or else the
-    filesystem of --input / --input_manifest itself."""
-    if config.input_schemes:
-        return [s.strip().lower() for s in config.input_schemes.split(",")
-                if s.strip()]
-    return [uri_scheme(config.input or config.input_manifest)]
-
-
-def decode_settings(config) -> DecodeSettings:
-    return DecodeSettings(
-        max_pixels=config.max_pixels,
-        allowed_formats=allowed_formats(config.allowed_formats.split(",")),
-        fast_jpeg=config.fast_jpeg)
-
-
 def chunk_settings(config, run_id: str, backend: str) -> ChunkSettings:
-    schemes = tuple(input_schemes(config))
+    schemes = tuple(config.allowed_schemes())
     return ChunkSettings(
-        output=config.output, run_id=run_id, decode=decode_settings(config),
+        output=config.output, run_id=run_id, decode=config.decode_settings(),
         max_file_bytes=config.max_file_bytes, allowed_schemes=schemes,
         batch_size=config.max_batch_size,
         decode_threads=config.decode_threads,
@@ -55,16 +38,17 @@ def chunk_settings(config, run_id: str, backend: str) -> ChunkSettings:
         backend=backend)
 
 
-def input_uris(pipeline: beam.Pipeline, config):
-    """The input's URIs (repeats allowed: chunking removes them)."""
-    if config.input:
-        return (pipeline
-                | "MatchFiles" >> fileio.MatchFiles(config.input)
-                | "Paths" >> beam.Map(lambda metadata: metadata.path))
-    return (pipeline
-            | "ReadManifest" >> beam.io.ReadFromText(config.input_manifest)
-            | "ParseManifest" >> beam.FlatMap(
-                lambda line: [u] if (u := parse_manifest_line(line)) else []))
+def input_spec(config) -> InputSpec:
+    return InputSpec(pattern=config.input, manifest=config.input_manifest,
+                     allowed_schemes=tuple(config.allowed_schemes()))
+
+
+def absolute_from(uri: str, base: str) -> str:
+    """A manifest's relative local path, taken from the directory the job
+    was launched in (as the glob and manifest options are)."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
 
 
 def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
@@ -78,7 +62,10 @@ def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
     if config.resume:
         committed = pipeline | "ReadCommitted" >> ReadCommitted(config.output)
         done, kept = committed["uris"], [committed[RECORDS_TAG]]
-    records = (input_uris(pipeline, config)
+    uris = pipeline | "InputUris" >> input_spec(config).uris()
+    if config.input_manifest:
+        uris = uris | "Absolute" >> beam.Map(absolute_from, os.getcwd())
+    records = (uris
                | "ChunkUris" >> ChunkUris(config.rows_per_file, done)
                | "LabelChunks" >> LabelChunks(
                    chunk_settings(config, run_id, loader.backend), handler))
