@@ -585,6 +585,10 @@ def test_error_cells_wrap_between_words(report_path, open_page):
         found = page.evaluate(_BROKEN_WORDS, selector)
         assert found["wrapped"], (selector, "nothing wrapped: no check")
         assert not found["broken"], (selector, found["broken"])
+    # The check sees mid-word breaks: with the style the page used to have.
+    page.add_style_tag(content="td { word-break: break-all; }")
+    found = page.evaluate(_BROKEN_WORDS, "#errors-table td.message")
+    assert found["broken"], found
 
 
 def test_broken_thumbnail_is_detected_by_the_page(report_path, tmp_path,
