@@ -340,9 +340,8 @@ def near_duplicate_groups(embeddings: np.ndarray, threshold: float,
             linked = np.flatnonzero(similar[offset, offset + 1:]) + \
                 start + offset + 1
             if linked.size:
-                roots = np.unique(_roots(parent, np.append(linked,
-                                                           start + offset)))
-                parent[roots] = roots[0]
+                roots = _roots(parent, np.append(linked, start + offset))
+                parent[roots] = roots.min()
     roots = _roots(parent, np.arange(rows))
     members: Dict[int, List[int]] = collections.defaultdict(list)
     for index, root in enumerate(roots.tolist()):
