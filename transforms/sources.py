@@ -185,9 +185,10 @@ def _local_level(directory: str) -> Iterator[Entry]:
 
 @functools.lru_cache(maxsize=None)
 def _gcs_client():
-    """The storage client Beam's own GCS filesystem would use."""
+    """The storage client Beam's own GCS filesystem would use (its default
+    credentials; options from {}, not from this process's command line)."""
     from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
-    return gcsio.GcsIO().client
+    return gcsio.GcsIO(pipeline_options={}).client
 
 
 def _gcs_split(uri: str) -> Tuple[str, str]:
