@@ -1,13 +1,18 @@
 """Classify step: one forward pass equals the module's own signatures, for
-both stand-in formats; softmax/top-k; the handler's contract."""
+both stand-in formats; softmax/top-k; the handler's contract, with the tf
+backend and with a fake one (no TensorFlow); loads counted by Beam."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import LABELS_FILE, photo_paths
-from transforms import model as model_lib
-from transforms.classify import (Classifications, HubClassifierHandler,
+from tests.conftest import LABELS_FILE, PROJECT_ROOT, photo_paths
+from transforms import backends as model_lib
+from transforms.classify import (Classifications, ClassifierHandler,
                                  classify_batch, softmax, top_k)
 from transforms.imaging import DecodedBatch, DecodeSettings, decode_image
 from transforms.rows import label_batch
@@ -111,7 +116,9 @@ def test_classify_batch_rows(standin_tf1, photo_batch, labels):
 
 def test_handler_runs_decoded_batches_and_checks_labels(
         standin_tf1, photo_batch, labels):
-    handler = HubClassifierHandler(standin_tf1, labels, top_k=3)
+    loader = model_lib.prepare("tf", standin_tf1).local
+    handler = ClassifierHandler(loader, labels, model_id=standin_tf1, top_k=3)
+    assert handler.backend == "tf"
     # Images arrive batched (by DecodeAndPreprocess): one per model call.
     assert handler.should_skip_batching()
     model = handler.load_model()
@@ -124,7 +131,7 @@ def test_handler_runs_decoded_batches_and_checks_labels(
     assert result.example.formats == images.formats
     assert result.example.widths is images.widths
     assert result.example.heights is images.heights
-    assert not hasattr(result.example, "pixels")
+    assert result.example.pixels is None
     assert result.inference.top_k_labels.shape == (4, 3)
     assert handler.get_num_bytes(images) == 4 * 96 * 96 * 3 * 4
 
@@ -143,7 +150,7 @@ def test_handler_runs_decoded_batches_and_checks_labels(
         assert row["model"] == standin_tf1 and row["backend"] == "tf"
         assert np.allclose(row["embedding"], embedding[i], atol=1e-5)
         assert row["labeled_at"] == result.inference.labeled_at
-    wrong = HubClassifierHandler(standin_tf1, labels[:1000])
+    wrong = ClassifierHandler(loader, labels[:1000], model_id=standin_tf1)
     with pytest.raises(ValueError, match="1001 classes"):
         wrong.load_model()
 
@@ -177,9 +184,74 @@ def test_a_batch_the_model_fails_on_becomes_one_error_per_image(
     bad = batch("bad", np.ascontiguousarray(photo_batch[4:7, :, :, :1]))
     with beam.Pipeline() as pipeline:
         out = (pipeline | beam.Create([good, bad])
-               | Classify(HubClassifierHandler(standin_tf1, labels)))
+               | Classify(ClassifierHandler(
+                   model_lib.prepare("tf", standin_tf1).local, labels,
+                   model_id=standin_tf1)))
         assert_that(out["results"] | beam.Map(lambda r: r.example.uris),
                      equal_to([good.uris]), label="Labeled")
         assert_that(out[ERRORS_TAG] | beam.Map(lambda e: (e.uri, e.stage)),
                     equal_to([(uri, STAGE_CLASSIFY) for uri in bad.uris]),
                     label="Failed")
+
+
+_FAKE_JOB = """
+import json, sys
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
+from transforms.backends import fake
+from transforms.classify import MODEL_LOAD_METRIC, Classify, ClassifierHandler
+from transforms.imaging import DecodeSettings, ImageBytes, decode_batch
+from transforms.rows import label_batch
+
+paths, labels, out = json.loads(sys.stdin.read())
+settings = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
+batches = [decode_batch([ImageBytes(p, open(p, "rb").read())
+                         for p in paths[i:i + 8]], settings)[0]
+           for i in range(0, len(paths), 8)]
+handler = ClassifierHandler(fake.loader(), labels, model_id="fake", top_k=3)
+pipeline = beam.Pipeline()
+classified = pipeline | beam.Create(batches) | Classify(handler)
+_ = (classified["results"]
+     | beam.FlatMap(lambda r: [json.dumps(
+         [row["uri"], row["top_k_indices"], row["backend"]]) for row in
+         label_batch(r, handler.backend).to_pylist()])
+     | beam.io.WriteToText(out, shard_name_template=""))
+result = pipeline.run()
+result.wait_until_finish()
+rows = [json.loads(line) for line in open(out)]
+[loads] = result.metrics().query(MetricsFilter().with_name(
+    MODEL_LOAD_METRIC))["distributions"]
+model = fake.load()
+print(json.dumps({
+    "tensorflow": sorted(m for m in sys.modules
+                         if m.split(".")[0] == "tensorflow"),
+    "load_metric": loads.committed.count, "loads": len(fake.LOADS) - 1,
+    "rows": rows,
+    "expected": {p: np.argsort(-model(b.pixels[i:i + 1])[0][0],
+                               kind="stable")[:3].tolist()
+                 for b in batches for i, p in enumerate(b.uris)}}))
+"""
+
+
+def test_classify_with_a_fake_backend_never_imports_tensorflow(labels,
+                                                               tmp_path):
+    """The handler takes any backend's loader: with the fake one, the
+    Classify step labels real photos in a Beam pipeline without importing
+    TensorFlow, and RunInference's load metric counts the one load."""
+    paths = photo_paths()[:20]
+    job = subprocess.run([sys.executable, "-c", _FAKE_JOB],
+                         input=json.dumps([paths, labels,
+                                           str(tmp_path / "rows.jsonl")]),
+                         text=True,
+                         capture_output=True, cwd=PROJECT_ROOT, timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    report = json.loads(job.stdout.strip().splitlines()[-1])
+    assert report["tensorflow"] == []
+    assert report["load_metric"] == report["loads"] == 1
+    assert sorted(uri for uri, _, _ in report["rows"]) == paths
+    for uri, indices, backend in report["rows"]:
+        assert backend == "fake"
+        assert indices == report["expected"][uri]
+    # The fake model's answers depend on the pixels.
+    assert len({tuple(i) for _, i, _ in report["rows"]}) > 1
