@@ -44,8 +44,7 @@ import posixpath
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence,
-                    Tuple)
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -245,23 +244,29 @@ def read_embeddings(label_files: Sequence[str],
 # Summaries (plain functions)
 # ---------------------------------------------------------------------------
 
+def _value_counts(column) -> Dict[str, int]:
+    import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+    return {str(item["values"]): int(item["counts"])
+            for item in pc.value_counts(column).to_pylist()}
+
+
+def _distinct(column) -> List[str]:
+    import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+    return sorted(str(v) for v in pc.unique(column).to_pylist()
+                  if v is not None)
+
+
 def label_counts(labels) -> List[Tuple[str, int]]:
     """(label, images) by count descending, then label, from an Arrow table
-    (or a sequence of rows) with a "label" column."""
-    if hasattr(labels, "column"):
-        import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
-        counts = {str(item["values"]): int(item["counts"]) for item in
-                  pc.value_counts(labels.column("label")).to_pylist()}
-    else:
-        counts = collections.Counter(str(row["label"]) for row in labels)
+    with a "label" column."""
+    counts = _value_counts(labels.column("label"))
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def score_histogram(scores: Iterable[float], bins: int = SCORE_BINS
+def score_histogram(scores: Sequence[float], bins: int = SCORE_BINS
                     ) -> List[int]:
     """Counts of scores in `bins` equal bins over [0, 1] (1.0 in the last)."""
-    values = np.asarray(list(scores) if not isinstance(scores, np.ndarray)
-                        else scores, dtype=np.float64)
+    values = np.asarray(scores, dtype=np.float64)
     index = np.clip((values * bins).astype(np.int64), 0, bins - 1)
     return np.bincount(index, minlength=bins).tolist()
 
@@ -699,10 +704,8 @@ def _duration(started: object, finished: object) -> Optional[str]:
 
 
 def _counts_section(results: Results) -> str:
-    import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
     errors = results.errors
-    by_stage = {str(item["values"]): int(item["counts"]) for item in
-                pc.value_counts(errors.column("stage")).to_pylist()}
+    by_stage = _value_counts(errors.column("stage"))
     stages = list(STAGES) + sorted(set(by_stage) - set(STAGES))
     rows = [("images", results.labels.num_rows + errors.num_rows),
             ("labeled", results.labels.num_rows),
@@ -731,12 +734,10 @@ def _counts_section(results: Results) -> str:
 def _run_section(results: Results) -> str:
     manifest = results.manifest or {}
     labels = results.labels
-    models = sorted({str(m) for m in labels.column("model").to_pylist()
-                     if m is not None})
-    backends = sorted({str(b) for b in labels.column("backend").to_pylist()
-                       if b is not None})
-    model = manifest.get("model") or ", ".join(models) or None
-    backend = manifest.get("backend") or ", ".join(backends) or None
+    model = (manifest.get("model") or
+             ", ".join(_distinct(labels.column("model"))) or None)
+    backend = (manifest.get("backend") or
+               ", ".join(_distinct(labels.column("backend"))) or None)
     facts = [
         ("run id", _fact(manifest.get("run_id"))),
         ("model", f"<code>{_esc(model)}</code>" if model
@@ -799,9 +800,9 @@ def _labels_section(labels) -> str:
 
 
 def _scores_section(labels) -> str:
-    scores = np.sort(np.asarray(
-        [s for s in labels.column("score").to_pylist() if s is not None],
-        dtype=np.float64))
+    import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+    scores = np.sort(pc.drop_null(labels.column("score")).to_numpy()
+                     .astype(np.float64))
     parts = ['<section id="scores"><h2>Top-1 scores</h2>']
     if not scores.size:
         parts.append('<p class="muted">no labeled images</p></section>')
@@ -920,8 +921,8 @@ def _least_confident_section(rows, thumbnails, thumbnails_on) -> str:
     return "".join(parts)
 
 
-def _duplicates_section(duplicates: Optional[Duplicates], labeled: int,
-                        thumbnails, thumbnails_on) -> str:
+def _duplicates_section(duplicates: Optional[Duplicates], thumbnails,
+                        thumbnails_on: bool) -> str:
     parts = ['<section id="duplicates"><h2>Near-duplicates <span '
              'class="muted">(groups of images whose embeddings have a cosine '
              "similarity at or above the threshold, directly or through "
@@ -997,18 +998,25 @@ def _errors_section(errors) -> str:
     if not errors.num_rows:
         parts.append('<p class="muted">no errors</p></section>')
         return "".join(parts)
-    rows = sorted(errors.to_pylist(), key=lambda e: (
-        STAGES.index(e["stage"]) if e["stage"] in STAGES else 9,
-        str(e["uri"])))
-    if len(rows) > MAX_ERROR_ROWS:
-        parts.append(f'<p class="warning">{len(rows) - MAX_ERROR_ROWS:,} '
-                     "more errors not shown; query the errors Parquet files "
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+    # In stage order (read, decode, classify, others), then by uri.
+    stage_order = pc.fill_null(pc.index_in(errors.column("stage"),
+                                           value_set=pa.array(STAGES)),
+                               len(STAGES))
+    indices = pc.sort_indices(
+        errors.append_column("stage_order", stage_order),
+        sort_keys=[("stage_order", "ascending"), ("uri", "ascending")])
+    rows = errors.take(indices[:MAX_ERROR_ROWS]).to_pylist()
+    if errors.num_rows > MAX_ERROR_ROWS:
+        parts.append(f'<p class="warning">{errors.num_rows - MAX_ERROR_ROWS:,}'
+                     " more errors not shown; query the errors Parquet files "
                      "for all.</p>")
     markup = [f'<tr><td class="uri">{_uri_html(error["uri"])}</td>'
               f"<td>{_esc(error['stage'])}</td>"
               f"<td>{_esc(error['error_type'])}</td>"
               f'<td class="message">{_esc(error["message"])}</td></tr>'
-              for error in rows[:MAX_ERROR_ROWS]]
+              for error in rows]
     parts.append(_data_table(
         "errors-table", [("uri", "text", "36%"), ("stage", "text", "8%"),
                          ("error_type", "text", "14%"),
@@ -1096,8 +1104,8 @@ def render_html(results: Results, page: Page) -> str:
         _images_section(results.labels, page.table),
         _least_confident_section(page.least, page.thumbnails,
                                  page.thumbnails_on),
-        _duplicates_section(page.duplicates, results.labels.num_rows,
-                            page.thumbnails, page.thumbnails_on),
+        _duplicates_section(page.duplicates, page.thumbnails,
+                            page.thumbnails_on),
         _thumbnails_section(page.groups, page.thumbnails,
                             page.thumbnails_on),
         _errors_section(results.errors),
@@ -1109,9 +1117,7 @@ def standin_models(labels) -> List[str]:
     """Model handles in the output that are local stand-in directories
     (remote handles are not fetched just to check)."""
     from pipeline.checks import STANDIN_MARKER  # pylint: disable=import-outside-toplevel
-    models = sorted({str(m) for m in labels.column("model").to_pylist()
-                     if m is not None})
-    return [m for m in models if "://" not in m and
+    return [m for m in _distinct(labels.column("model")) if "://" not in m and
             os.path.exists(os.path.join(m, STANDIN_MARKER))]
 
 
