@@ -68,6 +68,7 @@ def test_backend_choices_come_from_the_registry():
         backends.prepare("tflite", "model")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["separate_inputs", "train_graph"])
 def test_tf1_loader_handles_other_module_layouts(
         standin_tf1, tf1_variants, all_photos, variant, caplog, tmp_path):
@@ -92,6 +93,7 @@ def test_tf1_loader_handles_other_module_layouts(
     assert backend_parity(classifier, candidate, photos).passes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("formats", [("tf1", None),
                                      ("tf2", "tf2-feature-vector")])
 def test_xnnpack_passes_the_parity_gate_on_the_150_photos(
@@ -111,6 +113,7 @@ def test_xnnpack_passes_the_parity_gate_on_the_150_photos(
     assert list(tmp_path.glob("xnnpack-*.tflite"))
 
 
+@pytest.mark.slow
 def test_recorded_gate_result_applies_only_to_its_file(standin_dirs,
                                                       tmp_path):
     """A gate result is tied to the converted file's hash: a changed file
@@ -129,6 +132,7 @@ def test_recorded_gate_result_applies_only_to_its_file(standin_dirs,
     assert Conversion(base).parity is None
 
 
+@pytest.mark.slow
 def test_parity_gate_rejects_a_different_model(standin_dirs, all_photos):
     """A backend whose answers differ must fail the gate."""
     reference, _ = load_classifier(standin_dirs["tf1"])
@@ -162,6 +166,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
 """
 
 
+@pytest.mark.slow
 def test_workers_load_the_staged_model_with_litert_alone(
         standin_tf1, all_photos, tmp_path):
     """The launcher converts, gates and stages the model under the output;
@@ -196,6 +201,7 @@ def test_workers_load_the_staged_model_with_litert_alone(
         facts.loader.load()
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_tf_with_one_warning(standin_tf1, tmp_path,
                                                 caplog):
     """When xnnpack cannot be gated on the job's images (none decodes),
@@ -230,6 +236,7 @@ def _imported_tensorflow(stderr: str) -> bool:
     return bool(re.search(r"\|\s+tensorflow$", stderr, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_pipeline_with_the_default_auto_backend(standin_tf1, tmp_path):
     def label(output, *extra):
         result = run_cli([

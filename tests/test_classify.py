@@ -45,6 +45,7 @@ def test_softmax_and_top_k():
     assert top_k(probs, 10)[0].shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_tf1_single_pass_equals_both_signatures(standin_tf1, photo_batch):
     import tensorflow as tf
     import tensorflow_hub as hub
@@ -65,6 +66,7 @@ def test_tf1_single_pass_equals_both_signatures(standin_tf1, photo_batch):
     assert np.abs(embedding[0] - embedding[1]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_tf2_module_with_embedding_module(standin_dirs, photo_batch):
     import tensorflow as tf
     import tensorflow_hub as hub
@@ -84,18 +86,21 @@ def test_tf2_module_with_embedding_module(standin_dirs, photo_batch):
     assert np.abs(tf1_logits - logits).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_tf2_module_alone_has_no_embedding(standin_dirs, photo_batch):
     classifier, _ = model_lib.load_classifier(standin_dirs["tf2"])
     logits, embedding = classifier(photo_batch)
     assert logits.shape == (12, 1001) and embedding is None
 
 
+@pytest.mark.slow
 def test_module_is_loaded_once_per_process(standin_tf1):
     first, _ = model_lib.load_classifier(standin_tf1)
     again, loaded_now = model_lib.load_classifier(standin_tf1)
     assert again is first and not loaded_now
 
 
+@pytest.mark.slow
 def test_classify_batch_rows(standin_tf1, photo_batch, labels):
     classifier, _ = model_lib.load_classifier(standin_tf1)
     results = classify_batch(classifier, photo_batch,
@@ -114,6 +119,7 @@ def test_classify_batch_rows(standin_tf1, photo_batch, labels):
     assert np.array_equal(results.embeddings, embedding)
 
 
+@pytest.mark.slow
 def test_handler_runs_decoded_batches_and_checks_labels(
         standin_tf1, photo_batch, labels):
     loader = model_lib.prepare("tf", standin_tf1).local
@@ -164,6 +170,7 @@ def test_unreadable_handles_raise_clear_errors(tmp_path):
         model_lib.load_classifier(str(tmp_path / "junk"))
 
 
+@pytest.mark.slow
 def test_a_batch_the_model_fails_on_becomes_one_error_per_image(
         standin_tf1, photo_batch, labels):
     """RunInference's dead letter: a batch the module refuses (here one

@@ -208,6 +208,7 @@ def _accuracy(stdout: str, name: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 def test_standin_reports_chance_level_on_all_photos(standin_tf1, capsys,
                                                     caplog):
     status = ev.main(["--input", str(PHOTOS_DIR / "*.JPEG"),
@@ -225,6 +226,7 @@ def test_standin_reports_chance_level_on_all_photos(standin_tf1, capsys,
     assert "STAND-IN module" in caplog.text
 
 
+@pytest.mark.slow
 def test_synset_list_must_fit_the_module(standin_tf1, tmp_path, caplog):
     short = tmp_path / "synsets.txt"
     short.write_text("\n".join(SYNSETS_FILE.read_text().split()[:999]))
@@ -235,6 +237,7 @@ def test_synset_list_must_fit_the_module(standin_tf1, tmp_path, caplog):
     assert "--synsets lists 999 classes but module" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_with_csv_input(standin_tf1, tmp_path):
     photos = photo_paths()[:6]
     (tmp_path / "img").mkdir()
@@ -261,6 +264,7 @@ def test_cli_with_csv_input(standin_tf1, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_unknown_synset_is_one_line_exit_2(standin_tf1, tmp_path):
     csv_path = tmp_path / "eval.csv"
     csv_path.write_text(f"{photo_paths()[0]},n01440764\n"
@@ -290,6 +294,7 @@ def test_unreadable_input_is_a_usage_error(tmp_path, caplog, input_,
     assert message.format(tmp=tmp_path) in caplog.text
 
 
+@pytest.mark.slow
 def test_class_index_must_fit_the_module(standin_tf1, tmp_path, caplog):
     csv_path = tmp_path / "eval.csv"
     csv_path.write_text(f"{photo_paths()[0]},1\n{photo_paths()[1]},1001\n")

@@ -36,7 +36,7 @@ from tests.conftest import LABELS_FILE, PHOTOS_DIR, run_cli
 from tests.fault_proxy import FaultProxy
 from tests.gcs_emulator import GcsEmulator
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 BUCKET = "flaky"
 FAULT_RATE = 0.2

@@ -23,6 +23,8 @@ import pytest
 
 from tests.gcs_emulator import GcsEmulator
 
+pytestmark = pytest.mark.slow
+
 BUCKET = "bucket"
 N_PHOTOS = 5
 

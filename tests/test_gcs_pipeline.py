@@ -14,7 +14,7 @@ from tests.conftest import (LABELS_FILE, PHOTOS_DIR, photo_paths,
                             read_parquet_dir, run_cli)
 from tests.gcs_emulator import GcsEmulator
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 BUCKET = "labeler-test"
 

@@ -15,7 +15,7 @@ from tests.conftest import (EDGE_DIR, LABELS_FILE, edge_manifest,
                             photo_paths, read_parquet_dir, run_cli)
 from transforms.schema import ERRORS_SCHEMA, LABELS_SCHEMA
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def _summary_value(stderr: str, name: str) -> int:

@@ -46,7 +46,7 @@ from tests import portable_env
 from tests.conftest import (LABELS_FILE, PHOTOS_DIR, PROJECT_ROOT,
                             photo_paths, read_parquet_dir, run_cli)
 
-pytestmark = pytest.mark.timeout(3600)
+pytestmark = [pytest.mark.timeout(3600), pytest.mark.slow]
 
 CONFIGS = PROJECT_ROOT / "configs"
 TOLERANCE = 1e-5

@@ -107,6 +107,7 @@ def _name(uri: str) -> str:
 
 # ------------------------------------------------------------ plain parts
 
+@pytest.mark.slow
 def test_read_results_match_the_committed_files(run_output):
     output = run_output["output"]
     results = rp.read_results(str(output))
@@ -146,6 +147,7 @@ def test_thumbnail_groups_take_frequent_labels_best_scores_first():
     assert rp.thumbnail_groups(rows, max_thumbnails=0) == []
 
 
+@pytest.mark.slow
 def test_least_confident_are_the_lowest_scores(run_output):
     results = rp.read_results(str(run_output["output"]))
     least = rp.least_confident(results.labels, 7)
@@ -156,6 +158,7 @@ def test_least_confident_are_the_lowest_scores(run_output):
                for row in least)
 
 
+@pytest.mark.slow
 def test_near_duplicates_group_the_copies(run_output):
     """Real embeddings: the exact copies are grouped with their originals,
     the distinct photos are not; blocks of any size give the same groups."""
@@ -276,6 +279,7 @@ def _assert_no_injected_markup(page: str) -> None:
     assert HOSTILE_BROKEN in text and HOSTILE_PHOTO in text
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_escaped(report_path):
     page = report_path.read_text(encoding="utf-8")
     _assert_no_injected_markup(page)
@@ -289,6 +293,7 @@ def test_report_is_self_contained_and_escaped(report_path):
         in page
 
 
+@pytest.mark.slow
 def test_run_metadata_from_the_manifest(run_output, tmp_path):
     """What the manifest holds is shown; what it lacks says so."""
     output = tmp_path / "out"
@@ -319,6 +324,7 @@ def test_run_metadata_from_the_manifest(run_output, tmp_path):
                      r"%d in the files" % (N_LABELED + 1, N_LABELED), page)
 
 
+@pytest.mark.slow
 def test_unfinished_output_is_refused_unless_allowed(run_output, tmp_path):
     output = tmp_path / "unfinished"
     shutil.copytree(run_output["output"], output)
@@ -434,6 +440,7 @@ def _column(page, table: str, index: int) -> List[str]:
         f"rows => rows.map(r => r.cells[{index}].textContent)")
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(report_path, open_page, run_output):
     page = open_page(report_path)
     assert not [m for m in page.console_messages
@@ -481,6 +488,7 @@ def test_report_renders_in_chromium(report_path, open_page, run_output):
     _assert_no_injected_markup(page.content())
 
 
+@pytest.mark.slow
 def test_layout_uses_the_full_width(report_path, open_page):
     page = open_page(report_path, 1400, 1000)
     ratios = page.evaluate(
@@ -493,6 +501,7 @@ def test_layout_uses_the_full_width(report_path, open_page):
     assert overview > 0.9
 
 
+@pytest.mark.slow
 def test_second_guesses_in_the_table(report_path, open_page, run_output):
     page = open_page(report_path)
     rows = page.eval_on_selector_all(
@@ -510,6 +519,7 @@ def test_second_guesses_in_the_table(report_path, open_page, run_output):
             list(scores[1:]), abs=5e-4)
 
 
+@pytest.mark.slow
 def test_tables_sort_and_filter(report_path, open_page, run_output):
     page = open_page(report_path)
     header = page.locator("#images-table thead th", has_text="score").first
@@ -576,6 +586,7 @@ _BROKEN_WORDS = """
 """
 
 
+@pytest.mark.slow
 def test_error_cells_wrap_between_words(report_path, open_page):
     """In a narrow window the error cells wrap, messages between words and
     URIs after slashes, never inside a word that fits on a line."""
@@ -591,6 +602,7 @@ def test_error_cells_wrap_between_words(report_path, open_page):
     assert found["broken"], found
 
 
+@pytest.mark.slow
 def test_broken_thumbnail_is_detected_by_the_page(report_path, tmp_path,
                                                   open_page):
     """The page's decoded count is a real check: corrupt one image."""
@@ -604,6 +616,7 @@ def test_broken_thumbnail_is_detected_by_the_page(report_path, tmp_path,
     assert int(body["imagesDecoded"]) == int(body["imagesTotal"]) - 1
 
 
+@pytest.mark.slow
 def test_report_screenshot(report_path, open_page):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -617,6 +630,7 @@ def test_report_screenshot(report_path, open_page):
         assert sum(1 for n in grey.histogram() if n) > 100
 
 
+@pytest.mark.slow
 def test_report_of_a_gcs_output_dir(run_output):
     """gs:// output dirs are read and written through Beam's FileSystems
     (here against the local GCS emulator)."""

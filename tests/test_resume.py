@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import (LABELS_FILE, PROJECT_ROOT, photo_paths,
                             read_parquet_dir, run_cli)
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 N_IMAGES = 900
 

@@ -38,6 +38,7 @@ def test_redact_removes_tokens_and_passwords():
     assert "gs://bucket/a.jpg" in cleaned
 
 
+@pytest.mark.slow
 def test_signed_url_secrets_stay_out_of_logs_and_parquet(
         standin_tf1, label_server, tmp_path):
     labels_url = (f"{label_server}/{LABELS_FILE.name}?X-Goog-Signature="
@@ -60,6 +61,7 @@ def test_signed_url_secrets_stay_out_of_logs_and_parquet(
             assert SECRET.encode() not in data, path
 
 
+@pytest.mark.slow
 def test_manifest_cannot_reach_other_filesystems(standin_tf1, tmp_path):
     manifest = tmp_path / "inputs.csv"
     pwned = tmp_path / "pwned"
@@ -84,6 +86,7 @@ def test_manifest_cannot_reach_other_filesystems(standin_tf1, tmp_path):
     assert read_parquet_dir(str(output), "labels").num_rows == 1
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_enforced_before_reading(standin_tf1, tmp_path):
     output = tmp_path / "out"
     result = run_cli(["--input", str(PHOTOS_DIR / "n01[45]*.JPEG"), "--output",
@@ -105,6 +108,7 @@ def test_file_size_limit_is_enforced_before_reading(standin_tf1, tmp_path):
         any(size <= 110000 for size in sizes.values())
 
 
+@pytest.mark.slow
 def test_wrong_shaped_module_fails_at_launch(standin_dirs, tmp_path):
     """A feature-vector module given as the classifier: 1280 outputs, not
     1001 classes."""
