@@ -14,6 +14,8 @@ import tensorflow_hub as hub  # noqa: E402
 
 from pipeline import standin  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 3
 # Every format of one seed is computed from bit-identical weights, so any
@@ -191,3 +193,49 @@ def test_rejects_non_empty_directory_and_unknown_format(tmp_path):
         standin.build_standin(str(tmp_path / "new"), fmt="tf3")
     assert standin.main([str(tmp_path / "occupied")]) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_importing_the_standin_module_does_not_import_tensorflow():
+    """The CLI imports it to check --create_standin_model: TensorFlow only
+    loads when a module is built."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, pipeline.standin; print(sorted("
+         "m for m in sys.modules if m.split('.')[0] in ('tensorflow', "
+         "'tf_keras')))"], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def tf1_variant(tmp_path_factory) -> Path:
+    """Both TF1 variants at once: separate placeholders and a {"train"}
+    meta graph."""
+    return Path(standin.build_standin(
+        str(tmp_path_factory.mktemp("variant") / "tf1"), "tf1", seed=0,
+        separate_inputs=True, train_graph=True))
+
+
+def test_tf1_variant_layout(tf1_variant, images, outputs):
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tf1_variant / "saved_model.pb").read_bytes())
+    assert [list(m.meta_info_def.tags) for m in saved.meta_graphs] == \
+        [[], ["train"]]
+    # hub.load picks the inference graph: the plain stand-in's outputs.
+    module = hub.load(str(tf1_variant))
+    classify = module.signatures["image_classification"]
+    embed = module.signatures["image_feature_vector"]
+    assert classify.inputs[0].name != embed.inputs[0].name
+    logits, features = _tf1_outputs(module, images)
+    np.testing.assert_allclose(logits, outputs["tf1_logits"], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(features, outputs["tf1_features"], atol=ATOL, rtol=0)
+    # The {"train"} graph normalises with batch statistics instead.
+    train = tf.compat.v1.saved_model.load_v2(str(tf1_variant), tags=["train"])
+    train_logits = train.signatures["image_classification"](images=images)["default"]
+    assert np.abs(train_logits.numpy() - outputs["tf1_logits"]).max() > 0.1
+
+
+def test_variants_are_tf1_only(tmp_path):
+    with pytest.raises(ValueError, match="TF1 variants"):
+        standin.build_standin(str(tmp_path / "m"), "tf2", train_graph=True)
