@@ -361,6 +361,19 @@ def test_too_many_pixels_messages_name_only_the_jobs_limit():
         "3158064x48 = 151587072 pixels exceeds the limit of 50000000")
 
 
+def test_facts_are_the_batch_without_its_pixels():
+    """What the output keeps of a batch once the model has seen it."""
+    files = photo_paths()[:3]
+    batch, errors = decode_batch(
+        [ImageBytes(str(p), _read(p)) for p in files], SETTINGS)
+    assert not errors and len(batch) == 3
+    facts = batch.facts
+    assert facts.pixels is None and len(facts) == 3
+    assert facts.uris == tuple(files) and facts.formats == ("JPEG",) * 3
+    assert np.array_equal(facts.widths, batch.widths)
+    assert np.array_equal(facts.heights, batch.heights)
+
+
 def test_decoded_batches_have_a_coder_that_sizes_them_without_pickling(
         monkeypatch):
     import apache_beam as beam

@@ -88,8 +88,9 @@ class DecodedBatch(NamedTuple):
     def facts(self) -> "DecodedBatch":
         """The batch without its pixels (None): what the output keeps once
         the model has seen them."""
+        # Not _replace(): it checks len(), which counts images here.
         return DecodedBatch(self.uris, None, self.widths, self.heights,
-                            self.formats)  # not _replace: __len__ counts images
+                            self.formats)
 
 
 def _over_white(rgba: Image.Image) -> Image.Image:

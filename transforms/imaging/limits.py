@@ -20,7 +20,8 @@ class DecodeSettings:
     the job's options; see pipeline/options.py for defaults)."""
     max_pixels: int
     allowed_formats: Tuple[str, ...]
-    fast_jpeg: bool = False  # JPEG DCT-scaled decoding: faster, not reference-exact
+    #: JPEG DCT-scaled decoding: faster, not reference-exact.
+    fast_jpeg: bool = False
 
 
 def allowed_formats(names: Sequence[str]) -> Tuple[str, ...]:
