@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.job import decode_settings
+from pipeline.cli_base import UserError, require_cloud_credentials
 from transforms.classify import BackendParity, backend_parity
 from transforms.decode import decode_image
 from transforms.errors import one_line
@@ -37,7 +37,7 @@ STANDIN_MARKER = "STANDIN.txt"
 _URL_TIMEOUT_S = 30
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """The job cannot start; the message says why and what to do."""
 
 
@@ -128,7 +128,7 @@ def check_backend(args, candidate: ImageClassifier, sample: List[str]
             parity.images, 100 * parity.top1_agreement,
             parity.max_prob_delta, parity.max_embedding_delta)
         return parity
-    settings = decode_settings(args)
+    settings = args.decode_settings()
     pixels = []
     for uri in sample:
         try:
@@ -234,12 +234,17 @@ def is_standin(handle: str, cache_dir: Optional[str]) -> bool:
 
 def run_checks(args) -> LaunchFacts:
     """All launch checks, cheapest first."""
+    require_cloud_credentials(args.cloud_locations())
     total, sample = list_inputs(args.input, args.input_manifest)
     check_output(args.output, args.overwrite, args.resume)
     labels = load_labels(args.labels)
     classifier = check_model(args.model, args.embedding_model, labels,
                              args.model_cache_dir, args.backend,
                              args.inference_threads)
+    if args.top_k > classifier.num_classes:
+        raise LaunchError(f"--top_k {args.top_k} is more than the module's "
+                          f"{classifier.num_classes} classes; give --top_k "
+                          f"{classifier.num_classes} or less")
     parity = check_backend(args, classifier, sample)
     standin = is_standin(args.model, args.model_cache_dir)
     return LaunchFacts(total, labels, classifier, standin, parity)

@@ -6,60 +6,27 @@ traceback only with --verbose.
 """
 from __future__ import annotations
 
+import time
+
+#: When the command started: the summary's wall time counts from here.
+PROCESS_STARTED = time.time()
+
+# pylint: disable=wrong-import-position
 import gc
 import logging
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
+
+from pipeline.cli_base import (EXIT_OK, EXIT_USAGE, configure_console,  # pylint: disable=unused-import
+                               run_command, wants_help)
 
 _LOGGER = logging.getLogger("pipeline")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _configure_logging(verbose: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if verbose else "2")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if verbose else "%(levelname)s: %(message)s",
-        stream=sys.stderr, force=True)
-    if not verbose:
-        # Beam, TF and the GCS client are chatty at INFO.
-        for name in ("apache_beam", "tensorflow", "absl", "google",
-                     "urllib3", "h5py"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # Local worker processes forward their logs here at WARNING, mostly
-        # noise about options and platform features; real failures are ERROR.
-        for name in ("apache_beam.runners.portability.fn_api_runner",
-                     "apache_beam.runners.portability.local_job_service"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    handler = logging.getLogger().handlers[0]
-    # Beam's RunInference logs this on the root logger for every model load
-    # when an optional import fails; it is not about this job.
-    handler.addFilter(lambda record: not str(record.msg).startswith(
-        "Resource module is not available"))
-    handler.addFilter(_redact_record)
-
-
-def _redact_record(record: logging.LogRecord) -> bool:
-    """No signed-URL query strings or user:password@ in any log line."""
-    from transforms.errors import redact  # pylint: disable=import-outside-toplevel
-    message = record.getMessage()
-    cleaned = redact(message)
-    if cleaned != message:
-        record.msg, record.args = cleaned, ()
-    return True
-
 
 def _standin_banner(model: str) -> None:
-    line = "!" * 72
-    _LOGGER.warning(
-        "\n%s\n  STAND-IN MODEL: %s holds random weights built by\n"
-        "  `python -m pipeline.standin`. Its labels are MEANINGLESS. Use it\n"
-        "  to try the pipeline, never for real labels.\n%s", line, model,
-        line)
+    _LOGGER.warning("STAND-IN MODEL %s: random weights, its labels are "
+                    "MEANINGLESS (demo and tests only)", model)
 
 
 def _counters(result) -> Dict[str, int]:
@@ -78,33 +45,23 @@ def _counters(result) -> Dict[str, int]:
 
 def run(argv: Sequence[str]) -> int:
     """The labeling job. Returns the process exit status."""
-    from pipeline.options import (UsageError, help_text, parse_args,  # pylint: disable=import-outside-toplevel
+    from pipeline.options import (help_text, parse_args,  # pylint: disable=import-outside-toplevel
                                   runs_in_this_process)
-    verbose = "--verbose" in argv
-    _configure_logging(verbose)
-    try:
-        args, options = parse_args(argv)
-    except UsageError as exc:
-        _LOGGER.error("%s", exc)
-        return EXIT_USAGE
-    if args.help:
+    if wants_help(argv):
         sys.stdout.write(help_text())
         return EXIT_OK
+    verbose = "--verbose" in argv
+    args, options = parse_args(argv)
 
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
     from pipeline import job  # pylint: disable=import-outside-toplevel
-    from pipeline.checks import LaunchError, run_checks  # pylint: disable=import-outside-toplevel
+    from pipeline.checks import run_checks  # pylint: disable=import-outside-toplevel
 
+    started = PROCESS_STARTED
     if args.create_standin_model:
         _create_standin_if_missing(args.model)
-    started = time.time()
-    try:
-        facts = run_checks(args)
-    except LaunchError as exc:
-        if verbose:
-            _LOGGER.exception("launch check failed")
-        _LOGGER.error("%s", exc)
-        return EXIT_USAGE
+    _LOGGER.info("checking inputs, output and module...")
+    facts = run_checks(args)
     if facts.is_standin:
         _standin_banner(args.model)
     _LOGGER.info("labeling %s images with %s (%s module, %d classes%s)",
@@ -149,8 +106,6 @@ def run(argv: Sequence[str]) -> int:
                               finished - started, finished - labeling_started,
                               args.output, labels):
         _LOGGER.info("%s", line)
-    if facts.is_standin:
-        _standin_banner(args.model)
     return EXIT_OK
 
 
@@ -168,8 +123,15 @@ def _create_standin_if_missing(model: str) -> None:
     from pipeline import standin  # pylint: disable=import-outside-toplevel
     if "://" in model or os.path.exists(model):
         return
-    _LOGGER.warning("building the random-weight stand-in module at %s", model)
-    standin.build_standin(model, "tf1")
+    _LOGGER.info("building the random-weight stand-in module at %s", model)
+    # The builder's own warning would repeat the banner the job shows.
+    builder_log = logging.getLogger(standin.logger.name)
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        standin.build_standin(model, "tf1")
+    finally:
+        builder_log.setLevel(level)
 
 
 SUBCOMMANDS = {
@@ -180,21 +142,11 @@ SUBCOMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in SUBCOMMANDS:
-            import importlib  # pylint: disable=import-outside-toplevel
-            _configure_logging("--verbose" in argv)
-            return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-        return run(argv)
-    except KeyboardInterrupt:
-        _LOGGER.error("interrupted")
-        return 130
-    except Exception as exc:  # pylint: disable=broad-except
-        if "--verbose" in argv:
-            raise
-        _LOGGER.error("job failed: %s (run with --verbose for details)",
-                      " ".join(str(exc).split())[:500])
-        return EXIT_FAILED
+    configure_console("--verbose" in argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib  # pylint: disable=import-outside-toplevel
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    return run_command(run, argv, "job")
 
 
 def console_main() -> None:

@@ -4,7 +4,7 @@ google/imagenet/mobilenet_v2_050_96/classification (51.2% / 75.8%).
 
 Runs in this process (no Beam pipeline), in batches, with the job's own
 reading (`transforms.read.read_file_bytes`), decoding
-(`transforms.decode.decode_image` with the job's default limits) and model
+(`transforms.imaging.decode_image` with the job's default limits) and model
 code (`transforms.model.load_classifier`, `transforms.classify.softmax` /
 `top_k`), so it measures exactly what the job would label.
 
@@ -42,16 +42,18 @@ from typing import (Callable, Dict, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from pipeline.options import (DEFAULT_FORMATS, DEFAULT_LABELS,
-                              DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
+from pipeline.cli_base import (EXIT_OK, CommandParser, UserError,  # pylint: disable=unused-import
+                               positive_int, require_cloud_credentials,
+                               run_command, wants_help)
+from pipeline.config import default_decode_settings
+from pipeline.options import (DEFAULT_LABELS, DEFAULT_MAX_FILE_BYTES,
                               DEFAULT_MODEL)
-from transforms.decode import DecodeSettings, allowed_formats, decode_image
+from transforms.imaging import DecodeSettings, decode_image
 from transforms.errors import STAGE_DECODE, STAGE_READ, ErrorRecord, \
     error_record, one_line
 
 _LOGGER = logging.getLogger("pipeline.evaluate")
 
-EXIT_OK, EXIT_USAGE = 0, 2
 
 #: Published ImageNet (ILSVRC-2012 validation) accuracy of the module this
 #: project is built around (TF-Hub / Kaggle model card).
@@ -65,7 +67,7 @@ _CSV_HEADERS = frozenset({"uri", "url", "path", "file", "filename"})
 _READ_THREADS = 4
 
 
-class EvaluateError(Exception):
+class EvaluateError(UserError):
     """A problem the user can fix (input, labels, options); one line."""
 
 
@@ -213,13 +215,6 @@ def count_hits(probabilities: np.ndarray, truth: np.ndarray, k: int
     return int(hits[:, 0].sum()), int(hits.any(axis=1).sum())
 
 
-def default_decode_settings() -> DecodeSettings:
-    """The labeling job's decode settings with its default options."""
-    return DecodeSettings(
-        max_pixels=DEFAULT_MAX_PIXELS,
-        allowed_formats=allowed_formats(DEFAULT_FORMATS.split(",")))
-
-
 def _load_pixels(uri: str, settings: DecodeSettings, max_bytes: int,
                  read: Callable[[str, int], bytes]
                  ) -> Tuple[Optional[np.ndarray], Optional[ErrorRecord]]:
@@ -324,27 +319,15 @@ def _row(name: str, hits: int, evaluated: int,
 # Command line
 # ---------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise EvaluateError(message)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m pipeline evaluate", add_help=False,
-        allow_abbrev=False,
+    parser = CommandParser(
+        prog="python -m pipeline evaluate",
         description="Top-1 / top-k accuracy of a module on labeled images.")
     parser.add_argument(
-        "--input", required=True,
+        "--input",
         help="glob of images named after their synset (n01440764_*.JPEG), "
         "or a .csv file of uri,label (label: synset id or class index "
-        "1..1000)")
+        "1..1000; relative paths are taken relative to the CSV file)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="module handle, as for the labeling job")
     parser.add_argument("--labels", default=DEFAULT_LABELS,
@@ -353,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--synsets", default=None,
         help="WordNet ids in class order (line i = class i + 1); required "
         "when labels are synset ids")
-    parser.add_argument("--top_k", type=_positive_int, default=5)
-    parser.add_argument("--batch_size", type=_positive_int, default=64)
-    parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--top_k", type=positive_int, default=5,
+                        help="k of the top-k accuracy")
+    parser.add_argument("--batch_size", type=positive_int, default=64,
+                        help="images per model call")
+    parser.add_argument("--verbose", action="store_true",
+                        help="debug logging and full tracebacks")
     return parser
 
 
@@ -429,15 +414,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`python -m pipeline evaluate ...`; returns the exit status."""
-    verbose = "--verbose" in argv
-    try:
-        args = build_parser().parse_args(list(argv))
-        if args.help:
-            sys.stdout.write(build_parser().format_help())
-            return EXIT_OK
-        return _run(args)
-    except EvaluateError as exc:
-        if verbose:
-            _LOGGER.exception("evaluate failed")
-        _LOGGER.error("%s", exc)
-        return EXIT_USAGE
+    return run_command(_main, argv, "evaluate")
+
+
+def _main(argv: List[str]) -> int:
+    parser = build_parser()
+    if wants_help(argv):
+        sys.stdout.write(parser.format_help())
+        return EXIT_OK
+    args = parser.parse_args(argv)
+    if not args.input:
+        raise EvaluateError("--input is required: a glob of images named "
+                            "after their synset, or a .csv of uri,label")
+    require_cloud_credentials({"--input": args.input, "--model": args.model,
+                               "--labels": args.labels,
+                               "--synsets": args.synsets})
+    return _run(args)

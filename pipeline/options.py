@@ -21,6 +21,10 @@ from apache_beam.options.pipeline_options import (DirectOptions,
                                                   PipelineOptions,
                                                   StandardOptions)
 
+from pipeline.cli_base import (CommandParser, UsageError, UserError,  # pylint: disable=unused-import
+                               positive_int)
+from pipeline.config import JobConfig
+
 DEFAULT_MODEL = ("https://tfhub.dev/google/imagenet/"
                  "mobilenet_v2_050_96/classification/2")
 DEFAULT_LABELS = ("https://storage.googleapis.com/download.tensorflow.org/"
@@ -31,39 +35,36 @@ DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
-class UsageError(Exception):
-    """A problem with the command line or configuration; one-line message."""
+SUBCOMMANDS_HELP = """commands:
+  python -m pipeline [options]           label images (this help)
+  python -m pipeline evaluate --help     accuracy of a module on labeled images
+  python -m pipeline report --help       HTML report of an --output directory
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
-
-    def error(self, message: str):
-        raise UsageError(message)
+Any Beam pipeline option (e.g. --runner, --project, --region,
+--temp_location, --direct_num_workers) is passed to Beam.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The job's own options, with their defaults and help."""
-    parser = _RaisingParser(
-        prog="python -m pipeline", allow_abbrev=False, add_help=False,
-        description="Label images with a TF-Hub classifier; write Parquet.")
+    parser = CommandParser(
+        prog="python -m pipeline",
+        usage="python -m pipeline --input GLOB --output DIR [options]\n"
+        "       python -m pipeline {evaluate,report} ...",
+        description="Label images with a TF-Hub classifier; write Parquet. "
+        "The output's uri column holds absolute paths (local files) or the "
+        "URIs as given (gs:// and other filesystems).",
+        epilog=SUBCOMMANDS_HELP)
     io_group = parser.add_argument_group("input and output")
     io_group.add_argument(
         "--input", help="glob of images on any Beam filesystem, e.g. "
-        "'/data/**/*.jpg' or 'gs://bucket/images/*.jpg'")
+        "'/data/**/*.jpg' or 'gs://bucket/images/*.jpg'; quote it so the "
+        "shell leaves it to the job. A relative local glob is taken "
+        "relative to the current directory")
     io_group.add_argument(
         "--input_manifest", help="text or CSV file (local or gs://) listing "
-        "one image URI per line, instead of --input")
+        "one image URI per line, instead of --input; relative local paths "
+        "in it are taken relative to the current directory")
     io_group.add_argument(
         "--input_schemes", default=None,
         help="comma-separated filesystems (file, gs, ...) that manifest "
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep results already under --output and label only the "
         "inputs that are in none of its finished files")
     io_group.add_argument(
-        "--rows_per_file", type=_positive_int, default=5000,
+        "--rows_per_file", type=positive_int, default=5000,
         help="rows per output file; each file is committed as soon as it "
         "is full, so a killed run keeps its finished files")
     model_group = parser.add_argument_group("model")
@@ -95,27 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", default=DEFAULT_LABELS,
         help="label file, one class name per line (local, gs:// or URL); "
         "its line count must equal the module's classes")
-    model_group.add_argument("--top_k", type=_positive_int, default=5)
     model_group.add_argument(
-        "--min_batch_size", type=_positive_int, default=None,
+        "--top_k", type=positive_int, default=5,
+        help="labels kept per image, most probable first (at most the "
+        "module's class count)")
+    model_group.add_argument(
+        "--min_batch_size", type=positive_int, default=None,
         help="smallest batch BatchElements forms (default: --max_batch_size, "
         "i.e. fixed-size batches: TensorFlow sets its kernels up once per "
-        "batch shape, and varying sizes made the tf backend's model calls "
-        "~14%% slower)")
+        "batch shape)")
     model_group.add_argument(
-        "--max_batch_size", type=_positive_int, default=64,
+        "--max_batch_size", type=positive_int, default=64,
         help="largest batch BatchElements forms")
+    from transforms.backends import choices as backend_choices  # pylint: disable=import-outside-toplevel
     model_group.add_argument(
-        "--backend", choices=("tf", "xnnpack"), default="tf",
-        help="inference backend: tf (TensorFlow) or xnnpack (the module "
-        "converted to TFLite with XNNPACK, ~3-4x faster on CPU; must pass "
-        "a parity gate against tf at launch)")
+        "--backend", choices=backend_choices(), default="auto",
+        help="inference backend: auto (xnnpack when its conversion passes "
+        "the parity gate against tf on the job's first images, else tf, "
+        "with a warning saying why), tf (TensorFlow) or xnnpack (the module "
+        "converted to TFLite once per job and run with XNNPACK; must pass "
+        "the gate)")
     model_group.add_argument(
         "--recheck_parity", action="store_true",
         help="run the xnnpack parity gate on this job's images even if the "
         "cached conversion already passed it (then TensorFlow is loaded)")
     model_group.add_argument(
-        "--inference_threads", type=_positive_int, default=None,
+        "--inference_threads", type=positive_int, default=None,
         help="threads of the xnnpack backend's interpreter (default: the "
         "usable cores)")
     model_group.add_argument(
@@ -129,24 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
         "only: its labels are meaningless)")
     decode_group = parser.add_argument_group("decoding limits")
     decode_group.add_argument(
-        "--max_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+        "--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help="refuse images with more pixels (checked before decoding)")
     decode_group.add_argument(
-        "--max_file_bytes", type=_positive_int,
+        "--max_file_bytes", type=positive_int,
         default=DEFAULT_MAX_FILE_BYTES,
         help="refuse larger files (checked before reading them whole)")
     decode_group.add_argument(
         "--allowed_formats", default=DEFAULT_FORMATS,
         help="comma-separated image formats the decoder may parse")
     io_group.add_argument(
-        "--read_threads", type=_positive_int, default=None,
+        "--read_threads", type=positive_int, default=None,
         help="concurrent reads per worker process (default: 1 for local "
         "files, 8 for object storage, to hide its latency)")
     decode_group.add_argument(
-        "--decode_threads", type=_positive_int, default=3,
+        "--decode_threads", type=positive_int, default=3,
         help="decoding threads per worker process (they overlap with "
-        "inference; decoding releases the GIL). The default is the best "
-        "measured on 2 cores")
+        "inference; decoding releases the GIL)")
     decode_group.add_argument(
         "--fast_jpeg", action="store_true",
         help="decode JPEGs at reduced size (DCT scaling): faster, not "
@@ -159,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines when stderr is not a terminal")
     cli_group.add_argument("--verbose", action="store_true",
                            help="debug logging and full tracebacks")
-    cli_group.add_argument("-h", "--help", action="store_true")
     return parser
 
 
@@ -187,22 +191,57 @@ def _config_flags(path: str) -> List[str]:
     return flags
 
 
-def _unknown_beam_flags(flags: Sequence[str]) -> List[str]:
-    """Flags that no Beam PipelineOptions class defines.
+class _BeamParser(Exception):
+    """Carries Beam's option parser out of PipelineOptions.get_all_options."""
 
-    Beam itself only logs "Discarding unparseable args"; a typo must stop
-    the job instead. This builds the same parser Beam's get_all_options does
-    (its private _BeamArgumentParser: some options need its extra methods).
-    """
-    from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=import-outside-toplevel
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = {}
-    for cls in PipelineOptions.__subclasses__():
-        seen.setdefault(str(cls), cls)
-    for cls in seen.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    _, unknown = parser.parse_known_args(list(flags))
-    return [flag.split("=", 1)[0] for flag in unknown if flag.startswith("-")]
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__("Beam's option parser")
+        self.parser = parser
+
+
+def _beam_option_parser() -> argparse.ArgumentParser:
+    """The parser holding every Beam pipeline option: the one
+    get_all_options builds, taken from its public add_extra_args_fn hook
+    (and the call stopped there, before it parses or logs anything)."""
+    def take(parser):
+        raise _BeamParser(parser)
+    try:
+        PipelineOptions([]).get_all_options(add_extra_args_fn=take)
+    except _BeamParser as found:
+        return found.parser
+    raise RuntimeError("PipelineOptions.get_all_options did not call "
+                       "add_extra_args_fn")
+
+
+def _looks_like_a_file(value: str) -> bool:
+    return "=" not in value and not value.lstrip().startswith("{") and (
+        "/" in value or "\\" in value or os.path.splitext(value)[1] != ""
+        or os.path.exists(value))
+
+
+def check_beam_flags(flags: Sequence[str], config_path: str = "") -> None:
+    """Refuse what Beam would only log and drop: flags no Beam option
+    class defines, stray positional arguments (an unquoted glob the shell
+    expanded), and a label file given as Dataflow's --label."""
+    parser = _beam_option_parser()
+    known, unknown = parser.parse_known_args(list(flags))
+    names = [flag.split("=", 1)[0] for flag in unknown if flag.startswith("-")]
+    if names:
+        source = f" (from the command line or {config_path})" \
+            if config_path else ""
+        raise UsageError(f"unknown option{'s' if len(names) > 1 else ''}"
+                         f" {', '.join(names)}{source}; see --help")
+    if unknown:
+        shown = " ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise UsageError(
+            f"unexpected argument{'s' if len(unknown) > 1 else ''} {shown} "
+            f"({len(unknown)} in all): quote the glob, e.g. --input "
+            "'photos/*.JPEG', so the shell leaves it to the job")
+    for value in getattr(known, "labels", None) or []:
+        if _looks_like_a_file(value):
+            raise UsageError(
+                f"--label {value}: --label sets a Dataflow job label "
+                "(key=value); for the label file use --labels")
 
 
 def default_num_workers() -> int:
@@ -213,39 +252,37 @@ def default_num_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def parse_args(argv: Sequence[str]
-               ) -> Tuple[argparse.Namespace, PipelineOptions]:
-    """Command line (+ --config) → (job options, Beam pipeline options).
+def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, PipelineOptions]:
+    """Command line (+ --config) → (job config, Beam pipeline options).
 
     Raises UsageError with a one-line message for unknown or invalid
-    options, a missing input/output, or an unreadable config.
+    options, stray arguments, a missing input/output, an input that is a
+    directory, or an unreadable config.
     """
     parser = build_parser()
     pre, _ = parser.parse_known_args(list(argv))
     flags = (_config_flags(pre.config) if pre.config else []) + list(argv)
     args, beam_flags = parser.parse_known_args(flags)
-    if args.help:
-        return args, PipelineOptions([])
-    unknown = _unknown_beam_flags(beam_flags)
-    if unknown:
-        source = f" (from the command line or {pre.config})" \
-            if pre.config else ""
-        raise UsageError(f"unknown option{'s' if len(unknown) > 1 else ''}"
-                         f" {', '.join(unknown)}{source}; see --help")
+    check_beam_flags(beam_flags, pre.config or "")
     if bool(args.input) == bool(args.input_manifest):
         raise UsageError("give exactly one of --input GLOB or "
                          "--input_manifest FILE")
     if not args.output:
         raise UsageError("--output is required (a local or gs:// directory)")
+    if args.input and (args.input.endswith("/") or (
+            "://" not in args.input and os.path.isdir(args.input))):
+        folder = args.input.rstrip("/")
+        raise UsageError(f"--input {args.input} is a directory; give a glob "
+                         f"of its files: '{folder}/*' (or '{folder}/**' to "
+                         "include subdirectories)")
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps existing results and --overwrite "
                          "deletes them: give one")
-    if args.min_batch_size is None:
-        args.min_batch_size = args.max_batch_size
-    if args.min_batch_size > args.max_batch_size:
-        raise UsageError(f"--min_batch_size {args.min_batch_size} is larger "
+    min_batch = args.min_batch_size or args.max_batch_size
+    if min_batch > args.max_batch_size:
+        raise UsageError(f"--min_batch_size {min_batch} is larger "
                          f"than --max_batch_size {args.max_batch_size}")
-    return args, beam_options(beam_flags)
+    return JobConfig.from_args(args), beam_options(beam_flags)
 
 
 #: The local runner when none is given: Beam's FnApiRunner, named directly.
@@ -299,6 +336,4 @@ def one_local_worker(options: PipelineOptions) -> bool:
 
 
 def help_text() -> str:
-    return build_parser().format_help() + (
-        "\nAny Beam pipeline option (e.g. --runner, --project, --region, "
-        "--temp_location, --direct_num_workers) is passed to Beam.\n")
+    return build_parser().format_help()

@@ -59,8 +59,11 @@ class ProgressReporter:
         return self
 
     def stop(self) -> None:
+        """Stop the thread and report the final counts (N/N when every
+        input is done)."""
         self._stop.set()
         self._thread.join()
+        self._report()
         if self._interactive:
             self._stream.write("\n")
             self._stream.flush()
@@ -76,11 +79,14 @@ class ProgressReporter:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            if self._interactive:
-                self._stream.write("\r" + self.line().ljust(78))
-                self._stream.flush()
-            else:
-                _LOGGER.info("progress: %s", self.line())
+            self._report()
+
+    def _report(self) -> None:
+        if self._interactive:
+            self._stream.write("\r" + self.line().ljust(78))
+            self._stream.flush()
+        else:
+            _LOGGER.info("progress: %s", self.line())
 
 
 def top_labels(label_files: List[str], n: int = 10
@@ -118,6 +124,9 @@ def summary_lines(total_inputs: Optional[int], counters: Dict[str, int],
     skipped = counters.get("images_skipped_done", 0)
     if total_inputs is None:  # the launch checks only sampled the input
         total_inputs = labeled + errors + skipped
+    if total_inputs and skipped >= total_inputs and not labeled + errors:
+        return [f"nothing to do: all {total_inputs} inputs are already in "
+                f"{output}"]
     lines = [
         f"inputs        {total_inputs}",
         f"already done  {skipped} (kept from earlier runs)" if skipped else "",
@@ -126,8 +135,8 @@ def summary_lines(total_inputs: Optional[int], counters: Dict[str, int],
     ]
     lines += [f"  {n:>6}  {kind}" for kind, n in errors_by_type(counters)]
     lines += [
-        f"wall time     {wall_s:.1f} s (launch checks {wall_s - labeling_s:.1f}"
-        f" s, labeling {labeling_s:.1f} s)",
+        f"wall time     {wall_s:.1f} s (start-up and checks "
+        f"{wall_s - labeling_s:.1f} s, labeling {labeling_s:.1f} s)",
         f"images/s      {total_inputs / max(wall_s, 1e-9):.1f} overall, "
         f"{total_inputs / max(labeling_s, 1e-9):.1f} while labeling",
         f"module loads  {counters.get('module_loads', 0)} (one per worker "
