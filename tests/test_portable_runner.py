@@ -409,7 +409,7 @@ def test_plain_worker_pool_matches_direct_runner(plain_pool_run, direct_rows,
 
 # --- Dataflow: the configs and the job description, offline -------------
 
-DATAFLOW_CONFIGS = ["dataflow.yaml", "dataflow-gpu.yaml"]
+DATAFLOW_CONFIGS = ["dataflow.yaml"]
 JOB_FLAGS = ["--input", "gs://your-bucket/images/*.jpg",
              "--output", "gs://your-bucket/labels/run-001"]
 
