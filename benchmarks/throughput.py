@@ -1,29 +1,40 @@
-"""Throughput benchmark: every figure measured side by side in one run.
+"""Throughput benchmark: the job, its ceiling and its peers, side by side.
 
-    python -m benchmarks.throughput [--n 5000] [--json PATH] [--trials 3]
-                                    [--backends tf,xnnpack]
+    python -m benchmarks.throughput [--n 5000] [--trials 3] [--json PATH]
+                                    [--markdown PATH] [--backend auto]
 
-Makes a corpus of N images by copying ../shared/data/photos/*.JPEG under new
-names (byte-identical), then measures, each as images/s:
-  (a) decode + preprocess alone (in memory, best thread count)
-  (b) model alone (in memory, the pipeline's batch size), per backend
-  (c) the ceiling 1 / (1/a + 1/b), per backend
-  (d) the full pipeline through the CLI on the corpus, per backend
-  (d0) the job's own steps in a plain loop without Beam, per backend:
-       where the gap between (d) and (c) lies
-  (e) the baseline ../shared/bench/naive_beam.py on the same corpus
-and the ratios d/c and d/e; peak memory (sum of RSS over the process tree)
-for N and 4×N; module loads per worker process.
+Makes a corpus of N images (the sample photos in ../shared/data/photos,
+repeated under new names as symlinks) and one of the demo's size (150), then
+measures, as images/s:
+  (a) decode + preprocess alone (in memory, best of 1-3 threads)
+  (b) the model alone (in memory, the job's batch size), with the backend
+      the job chose
+  (c) the ceiling 1 / (1/a + 1/b): decode and model sharing the cores
+      perfectly
+  (d) the job through its CLI, as a subprocess with default options: its
+      steady state (from the end of the launch checks to the last chunk's
+      commit) and the whole process (imports, launch checks, labeling,
+      finish)
+  (d0) the job's own plain functions in a loop without Beam: d/d0 is what
+      running on Beam costs, d0/c what reading, rows, Parquet and sharing
+      the cores cost
+  peers: ../shared/bench/naive_beam.py and ../shared/bench/tf_data_peer.py
+      --embedding, unchanged, as whole processes on the same corpus and
+      module
+and the start-up split (imports, launch checks, labeling, finish) at the
+demo's size and at N, peak memory (PSS and RSS summed over each process
+tree), and the steady state at 4N.
 
-This machine's speed drifts by ±15% within seconds (a shared VM), so one
-run makes `--trials` rounds of (a), (b), (d), (e) back to back, computes the
-ratios within each round, and reports medians: each ratio compares figures
-measured a minute apart at most. This is a benchmark, not a test.
+This machine's speed drifts by ±15% within seconds (a shared VM): each of
+`--trials` rounds measures (a) and (b) just before and just after the job,
+ratios are taken within a round, and the table shows medians. This is a
+benchmark, not a test.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import glob
 import json
 import logging
@@ -37,38 +48,43 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 PHOTOS = sorted(glob.glob(str(SHARED / "data" / "photos" / "*.JPEG")))
 LABELS = SHARED / "data" / "imagenet-labels" / "ImageNetLabels.txt"
-BASELINE = SHARED / "bench" / "naive_beam.py"
+NAIVE_BEAM = SHARED / "bench" / "naive_beam.py"
+TF_DATA_PEER = SHARED / "bench" / "tf_data_peer.py"
+DEMO_SIZE = 150
+
+#: Targets (issue 17), each a lower bound on a ratio the table prints.
+TARGETS = {"steady_4n_ceiling": 0.90, "process_ceiling": 0.75,
+           "process_naive_beam": 4.0, "process_tf_data": 3.0}
 
 _LOGGER = logging.getLogger("benchmarks.throughput")
 
 
 def make_corpus(directory: Path, n: int) -> None:
-    """N byte-identical copies of the sample photos under new names."""
+    """N images: the sample photos repeated, as symlinks under new names."""
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         source = PHOTOS[i % len(PHOTOS)]
-        shutil.copyfile(source, directory /
-                        f"img{i:07d}_{os.path.basename(source)}")
+        os.symlink(source, directory / f"img{i:07d}_{os.path.basename(source)}")
 
 
 def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
                    batch: int = 64) -> Tuple[float, int]:
     """(best images/s, its thread count) for decode + preprocess in memory:
-    the pipeline's own decode step (`decode_batch`, batches of `batch`
-    images of the sample photos) on 1, 2 and 3 threads.
+    the job's own decode step (`decode_batch`, batches of `batch` images of
+    the sample photos) on 1, 2 and 3 threads.
 
     The thread counts take turns in short slices and each gets the median
     of its slices: picking the best of single noisy measurements would
     favour whichever happened to run in a fast moment."""
-    import dataclasses
     from pipeline.config import JobConfig
-    from transforms.imaging import ImageBytes, decode_batch
+    from transforms.imaging import ImageBytes, decode_batch, warm_up
+    warm_up()
     settings = dataclasses.replace(JobConfig.defaults(),
                                    fast_jpeg=fast_jpeg).decode_settings()
     images = [ImageBytes(p, Path(p).read_bytes()) for p in PHOTOS]
@@ -97,27 +113,25 @@ def measure_decode(seconds: float = 6.0, fast_jpeg: bool = False,
     return medians[best], best
 
 
+Span = Tuple[float, float, int]  # (start, end, images) of one task
+
+
 def _streamed_rate(pool: concurrent.futures.Executor, threads: int, work,
-                   items: list, seconds: float) -> float:
+                   items: list, seconds: float, clock=time.perf_counter
+                   ) -> float:
     """Images/s of `work` (returning how many images it did) on a pool of
     `threads`, kept full for `seconds`: two tasks per thread are in flight,
-    and a new one is submitted as each finishes.
-
-    Each task's images are counted in proportion to the part of its run
-    that falls inside the window (from the moment every thread is busy to
-    the last submission), so tasks cut by the window's edges are neither
-    counted whole nor dropped. Waiting for all threads between rounds of
-    tasks would idle cores and understate the rate."""
-    spans: List[Tuple[float, float, int]] = []
+    and a new one is submitted as each finishes (waiting for all threads
+    between rounds of tasks would idle cores and understate the rate)."""
+    spans: List[Span] = []
 
     def timed(item):
-        start = time.perf_counter()
+        start = clock()
         images = work(item)
-        spans.append((start, time.perf_counter(), images))
+        spans.append((start, clock(), images))
         return images
 
-    begin = time.perf_counter()
-    deadline = begin + seconds
+    deadline = clock() + seconds
     in_flight = 2 * threads
     pending = {pool.submit(timed, items[i % len(items)])
                for i in range(in_flight)}
@@ -127,15 +141,21 @@ def _streamed_rate(pool: concurrent.futures.Executor, threads: int, work,
             pending, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in finished:
             future.result()
-            if time.perf_counter() < deadline:
+            if clock() < deadline:
                 pending.add(pool.submit(timed,
                                         items[submitted % len(items)]))
                 submitted += 1
-    # The window opens when the last of the first tasks has started (every
-    # thread busy) and closes at the deadline (the pool full until then).
+    return rate_in_window(spans, threads, deadline)
+
+
+def rate_in_window(spans: Sequence[Span], threads: int,
+                   window_close: float) -> float:
+    """Images/s over the window from the moment every thread is busy (the
+    `threads`-th earliest start) to `window_close`. Each task's images are
+    counted in proportion to the part of its run inside the window, so
+    tasks cut by the window's edges are neither counted whole nor dropped."""
     first_starts = sorted(start for start, _, _ in spans)
     window_open = first_starts[min(len(first_starts), threads) - 1]
-    window_close = deadline
     done = sum(images * max(0.0, min(end, window_close) -
                             max(start, window_open)) / (end - start)
                for start, end, images in spans if end > start)
@@ -158,15 +178,17 @@ def fast_jpeg_deviation() -> Tuple[float, float]:
 
 
 def measure_model(model: str, backend: str, batch: int = 64,
-                  seconds: float = 3.0) -> float:
+                  seconds: float = 3.0, cache_dir: Optional[str] = None
+                  ) -> float:
     """Images/s of the model alone on preprocessed photos."""
     import numpy as np
+    from transforms.backends import load_classifier
     from transforms.imaging import DecodeSettings, decode_image
-    from transforms.model import load_classifier
     settings = DecodeSettings(10**8, ("JPEG",))
     pixels = np.stack([decode_image(Path(p).read_bytes(), settings)[0]
-                       for p in PHOTOS[:batch]])
-    classifier, _ = load_classifier(model, backend=backend)
+                       for p in (PHOTOS * (1 + batch // len(PHOTOS)))[:batch]])
+    classifier, _ = load_classifier(model, cache_dir=cache_dir,
+                                    backend=backend)
     classifier(pixels)  # warm-up
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -176,85 +198,76 @@ def measure_model(model: str, backend: str, batch: int = 64,
 
 
 def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
-                       cli_args: argparse.Namespace) -> float:
-    """(d0): images/s of the job's own steps on the corpus in a plain loop,
-    without Beam, with the job's options (`cli_args`, as parsed by the CLI):
-    match, read, decode on the job's decode threads, classify on this
-    thread, rows, one Parquet file.
+                       config, cache_dir: Optional[str] = None) -> float:
+    """(d0): images/s of the job's own plain functions on the corpus in a
+    loop, without Beam, with the job's options (`config`, a JobConfig):
+    list the files, then per chunk of --rows_per_file files: read and
+    decode on the job's decode threads (transforms.labeling.pipelined, as
+    the job's chunk DoFn), classify through the job's model handler on this
+    thread, rows, and the chunk's Parquet files through the job's writer.
 
-    Timed from the match to the closed file; the module is loaded before,
-    as the pipeline's launch checks load it before its labeling time. Set
-    beside (d) and (c), it splits the gap between the job and the ceiling
-    into what running on Beam costs (d0 - d) and what remains without it
-    (c - d0): reading, rows, Parquet, and decode sharing the cores."""
-    import numpy as np
-    import pyarrow as pa
-    from transforms.label_chunks import batches_in_flight
-    from transforms.classify import classify_batch
+    Timed from the listing to the last commit; the module is loaded before,
+    as the job's launch checks load it before it labels."""
+    from transforms import backends
+    from transforms.classify import ClassifierHandler
     from transforms.imaging import (DECODE_THREAD_NICENESS, ImageBytes,
-                                    decode_batch)
-    from transforms.model import load_classifier
+                                    decode_batch, warm_up)
+    from transforms.label_chunks import batches_in_flight
+    from transforms.labeling import ChunkCounts, batches_of, pipelined
     from transforms.read import read_file_bytes
     from transforms.rows import label_batch
-    from transforms.schema import LABELS_SCHEMA
     from transforms.threaded import lower_this_thread_priority
-    from transforms.write import ROW_GROUP_ROWS, parquet_writer
-    from apache_beam.ml.inference.base import PredictionResult
-    settings = cli_args.decode_settings()
-    batch, decode_threads = cli_args.max_batch_size, cli_args.decode_threads
-    labels = np.asarray(LABELS.read_text().splitlines(), dtype=object)
-    classifier, _ = load_classifier(model, backend=backend)
-    in_flight = batches_in_flight(decode_threads)
+    from transforms.write import ChunkWriter
+    loader = backends.prepare(backend, model, None, cache_dir,
+                              config.inference_threads).local
+    handler = ClassifierHandler(loader, LABELS.read_text().splitlines(),
+                                model_id=model, top_k=config.top_k)
+    classifier = handler.load_model()
+    warm_up()
+    settings = config.decode_settings()
+
+    def prepare(uris):
+        return decode_batch([ImageBytes(u, read_file_bytes(
+            u, config.max_file_bytes)) for u in uris], settings)
+
+    def classify(prepared):
+        decoded, errors = prepared
+        return label_batch(handler.run_inference(decoded, classifier)[0],
+                           backend), errors
+
     labeled = 0
-    pool = concurrent.futures.ThreadPoolExecutor(
-        decode_threads, initializer=lower_this_thread_priority,
-        initargs=(DECODE_THREAD_NICENESS,))
-    start = time.perf_counter()
-    rows: List[pa.RecordBatch] = []
-
-    def write(writer, least: int) -> None:  # row groups as the job's
-        if rows and sum(len(r) for r in rows) >= least:
-            writer.write_table(pa.Table.from_batches(rows),
-                               row_group_size=ROW_GROUP_ROWS)
-            rows.clear()
-
-    with pool, parquet_writer(str(output), LABELS_SCHEMA) as writer:
-        def label(future) -> int:
-            decoded, _errors = future.result()
-            answers = classify_batch(classifier, decoded.pixels, labels,
-                                     cli_args.top_k)
-            rows.append(label_batch(PredictionResult(
-                decoded.facts, answers, model), backend))
-            write(writer, ROW_GROUP_ROWS)
-            return len(decoded.uris)
-
+    with concurrent.futures.ThreadPoolExecutor(
+            config.decode_threads, initializer=lower_this_thread_priority,
+            initargs=(DECODE_THREAD_NICENESS,)) as pool:
+        start = time.perf_counter()
         files = sorted(glob.glob(str(corpus / "*.JPEG")))
-        pending: List[concurrent.futures.Future] = []
-        for i in range(0, len(files), batch):
-            images = [ImageBytes(f, read_file_bytes(
-                f, cli_args.max_file_bytes)) for f in files[i:i + batch]]
-            pending.append(pool.submit(decode_batch, images, settings))
-            while pending and (pending[0].done() or
-                               len(pending) >= in_flight):
-                labeled += label(pending.pop(0))
-        while pending:
-            labeled += label(pending.pop(0))
-        write(writer, 1)
-    rate = labeled / (time.perf_counter() - start)
+        for number, chunk in enumerate(batches_of(files,
+                                                  config.rows_per_file)):
+            writer = ChunkWriter(str(output), "plainloop", f"c{number:06d}")
+            for rows, errors in pipelined(
+                    batches_of(chunk, config.max_batch_size), prepare,
+                    classify, pool, batches_in_flight(config.decode_threads)):
+                writer.add_rows(rows)
+                if errors:
+                    writer.add_errors(errors)
+                labeled += rows.num_rows
+            writer.commit(ChunkCounts.of(writer.rows,
+                                         writer.errors)._asdict())
+        rate = labeled / (time.perf_counter() - start)
     if labeled != len(files):
         raise RuntimeError(f"plain loop labeled {labeled} of {len(files)}")
     return rate
 
 
-class PeakRss:
-    """Samples the summed RSS of a process and all its descendants.
+class PeakMemory:
+    """Samples the memory of a process and all its descendants: peak RSS
+    (/proc/PID/statm) and peak PSS (/proc/PID/smaps_rollup: shared pages
+    divided among the processes sharing them, so a tree's sum counts each
+    page once), both summed over the tree."""
 
-    Cheap on purpose (~0.5% of a core): it runs beside the pipeline it
-    measures. Descendants come from /proc/PID/task/TID/children and sizes
-    from /proc/PID/statm, instead of scanning every process's status."""
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        self.pid, self.interval, self.peak_kb = pid, interval, 0
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval = pid, interval
+        self.peak_rss_kb = self.peak_pss_kb = 0
         self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -271,27 +284,138 @@ class PeakRss:
             pass  # gone meanwhile
         return children
 
-    def _rss_kb(self) -> int:
-        total, todo = 0, [self.pid]
+    def _sample(self) -> Tuple[int, int]:
+        rss = pss = 0
+        todo = [self.pid]
         while todo:
             pid = todo.pop()
             try:
                 with open(f"/proc/{pid}/statm") as handle:
-                    total += int(handle.read().split()[1]) * self._page_kb
+                    rss += int(handle.read().split()[1]) * self._page_kb
+                with open(f"/proc/{pid}/smaps_rollup") as handle:
+                    pss += next((int(line.split()[1]) for line in handle
+                                 if line.startswith("Pss:")), 0)
             except (OSError, IndexError, ValueError):
                 continue
             todo.extend(self._children(pid))
-        return total
+        return rss, pss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, self._rss_kb())
+            rss, pss = self._sample()
+            self.peak_rss_kb = max(self.peak_rss_kb, rss)
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
             self._stop.wait(self.interval)
 
-    def stop(self) -> float:
+    def stop(self) -> Tuple[float, float]:
+        """(peak RSS MB, peak PSS MB)."""
         self._stop.set()
         self._thread.join()
-        return self.peak_kb / 1024
+        return self.peak_rss_kb / 1024, self.peak_pss_kb / 1024
+
+
+@dataclasses.dataclass
+class ProcessRun:
+    """A finished command: wall time, memory, and its output lines with the
+    wall-clock time (time.time()) each arrived at."""
+    started: float
+    ended: float
+    rss_mb: float
+    pss_mb: float
+    lines: List[Tuple[float, str]]
+
+    @property
+    def wall_s(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def output(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+    def time_of(self, pattern: str) -> float:
+        """When the first line matching `pattern` arrived."""
+        for arrived, line in self.lines:
+            if re.search(pattern, line):
+                return arrived
+        raise RuntimeError(f"no line matches {pattern!r}:\n"
+                           f"{self.output[-2000:]}")
+
+
+def run_measured(cmd: List[str], log_path: Path) -> ProcessRun:
+    """Run a command to its end; its output goes to `log_path`."""
+    lines: List[Tuple[float, str]] = []
+    with open(log_path, "w") as log:
+        started = time.time()
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                   text=True, errors="replace")
+        memory = PeakMemory(process.pid)
+        for line in process.stdout:
+            lines.append((time.time(), line))
+            log.write(line)
+        code = process.wait()
+        ended = time.time()
+        rss, pss = memory.stop()
+    run = ProcessRun(started, ended, rss, pss, lines)
+    if code != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({code}); see {log_path}:\n"
+                           f"{run.output[-2000:]}")
+    return run
+
+
+def startup_split(run: ProcessRun, output: Path, run_id: str
+                  ) -> Dict[str, float]:
+    """The job's whole process in four parts (seconds), from the times its
+    log lines arrived and its commit records' modification times:
+    imports (interpreter, Beam, options) up to 'checking inputs...', launch
+    checks up to 'labeling ... images', labeling up to the last chunk's
+    commit record, finish (the manifest, the summary, exit) to the end."""
+    from transforms.write import ATTEMPTS_DIR, RECORD_SUFFIX
+    checks = run.time_of(r"checking inputs, output and module")
+    labeling = run.time_of(r"labeling (all|\d+) images with")
+    records = glob.glob(str(output / ATTEMPTS_DIR /
+                            f"{run_id}-*{RECORD_SUFFIX}"))
+    if not records:
+        raise RuntimeError(f"no commit records of run {run_id} in {output}")
+    last_commit = max(os.stat(r).st_mtime for r in records)
+    return {"imports_s": checks - run.started,
+            "launch_checks_s": labeling - checks,
+            "labeling_s": last_commit - labeling,
+            "finish_s": run.ended - last_commit}
+
+
+def run_job(corpus: Path, out: Path, model: str, extra: List[str],
+            log: Path) -> Dict[str, float]:
+    """The job's CLI as a subprocess, with default options plus `extra`."""
+    from transforms.manifest import read_manifest
+    cmd = [sys.executable, "-m", "pipeline", "--input", f"{corpus}/*.JPEG",
+           "--output", str(out), "--overwrite", "--model", model,
+           "--labels", str(LABELS), *extra]
+    run = run_measured(cmd, log)
+    manifest = read_manifest(str(out))
+    labeled = manifest["counts"]["labeled"]
+    split = startup_split(run, out, manifest["run_id"])
+    loads = re.search(r"module loads\s+(\d+)", run.output)
+    return {"wall_s": run.wall_s, "process_ips": labeled / run.wall_s,
+            "steady_ips": labeled / split["labeling_s"], **split,
+            "rss_mb": run.rss_mb, "pss_mb": run.pss_mb, "labeled": labeled,
+            "backend": manifest["backend"],
+            "module_loads": int(loads.group(1)) if loads else float("nan")}
+
+
+def run_peer(script: Path, corpus: Path, out: Path, model: str,
+             extra: List[str], log: Path) -> Dict[str, float]:
+    """A fixed peer, unchanged, as a whole process."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(script), "--input_glob", f"{corpus}/*.JPEG",
+           "--model", model, "--output", str(out), *extra]
+    run = run_measured(cmd, log)
+    result = next(line for _, line in run.lines if line.startswith("RESULT"))
+    images = int(re.search(r"images=(\d+)", result).group(1))
+    return {"wall_s": run.wall_s, "process_ips": images / run.wall_s,
+            "own_ips": float(re.search(r"images_per_s=([\d.]+)", result)
+                             .group(1)),
+            "images": images, "rss_mb": run.rss_mb, "pss_mb": run.pss_mb}
 
 
 def ceiling(decode_ips: float, model_ips: float) -> float:
@@ -299,118 +423,93 @@ def ceiling(decode_ips: float, model_ips: float) -> float:
     return 1 / (1 / decode_ips + 1 / model_ips)
 
 
-def ceiling_ips(model: str, backend: str, batch: int) -> float:
-    """(c) as measured right now."""
-    decode, _ = measure_decode(batch=batch)
-    return ceiling(decode, measure_model(model, backend, batch))
-
-
-def run_measured(cmd: List[str], log_path: Path) -> Tuple[float, float, str]:
-    """(wall seconds, peak tree RSS MB, combined output) of a command."""
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=PROJECT_ROOT)
-        rss = PeakRss(process.pid)
-        code = process.wait()
-        wall = time.perf_counter() - start
-        peak = rss.stop()
-    output = log_path.read_text()
-    if code != 0:
-        raise RuntimeError(f"{cmd[:4]} failed ({code}); see {log_path}:\n"
-                           f"{output[-2000:]}")
-    return wall, peak, output
-
-
-def run_pipeline(corpus: Path, out: Path, model: str, backend: str,
-                 extra: List[str], log: Path) -> Dict[str, float]:
-    cmd = [sys.executable, "-m", "pipeline", "--input", f"{corpus}/*.JPEG",
-           "--output", str(out), "--overwrite", "--model", model,
-           "--labels", str(LABELS), "--backend", backend, *extra]
-    wall, peak, output = run_measured(cmd, log)
-    labeled = int(re.search(r"labeled\s+(\d+)", output).group(1))
-    loads = int(re.search(r"module loads\s+(\d+)", output).group(1))
-    times = re.search(r"wall time\s+([\d.]+) s \(launch checks ([\d.]+) s, "
-                      r"labeling ([\d.]+) s\)", output)
-    reported, launch, labeling = (float(x) for x in times.groups())
-    return {"wall_s": wall, "process_ips": labeled / wall, "rss_mb": peak,
-            "ips": labeled / reported, "steady_ips": labeled / labeling,
-            "launch_s": launch, "labeled": labeled, "module_loads": loads}
-
-
-def run_baseline(corpus: Path, out: Path, model: str, log: Path
-                 ) -> Dict[str, float]:
-    cmd = [sys.executable, str(BASELINE), "--input_glob",
-           f"{corpus}/*.JPEG", "--model", model, "--output", str(out)]
-    wall, peak, output = run_measured(cmd, log)
-    images = int(re.search(r"images=(\d+)", output).group(1))
-    # Its own figure: images / time around `with beam.Pipeline()`, i.e.
-    # start-up (TF import, model load) included, interpreter start not.
-    return {"wall_s": wall, "process_ips": images / wall, "rss_mb": peak,
-            "ips": float(re.search(r"images_per_s=([\d.]+)", output)
-                         .group(1))}
-
-
-def _median(values: List[float]) -> float:
+def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def run_trial(corpus: Path, workdir: Path, model: str, backends: List[str],
-              extra: List[str], cli_args: argparse.Namespace, index: int
-              ) -> Dict[str, object]:
-    """One round of every measurement, back to back."""
-    trial: Dict[str, object] = {"per_backend": {}}
-    batch = cli_args.max_batch_size
-    decode_rates = []
-    for backend in backends:
-        # (a) and (b) bracket (d): measured just before and just after it,
-        # so the ceiling reflects the machine's speed while (d) ran.
-        before = measure_decode(batch=batch), measure_model(model, backend,
-                                                            batch)
-        run = run_pipeline(corpus, workdir / f"out-{backend}", model, backend,
-                           extra, workdir / f"pipeline-{backend}-{index}.log")
-        loop_ips = measure_plain_loop(corpus, workdir / "plain-loop.parquet",
-                                      model, backend, cli_args)
-        after = measure_decode(batch=batch), measure_model(model, backend,
-                                                           batch)
-        decode_ips = (before[0][0] + after[0][0]) / 2
-        model_ips = (before[1] + after[1]) / 2
-        decode_rates.append(decode_ips)
-        trial["decode_threads"] = after[0][1]
-        ceiling_now = ceiling(decode_ips, model_ips)
-        trial["per_backend"][backend] = {
-            "decode_ips": decode_ips,
-            "model_ips": model_ips, "ceiling_ips": ceiling_now,
-            **{f"pipeline_{k}": v for k, v in run.items()},
-            "plain_loop_ips": loop_ips,
-            "ratio_loop_ceiling": loop_ips / ceiling_now,
-            "ratio_pipeline_loop": run["steady_ips"] / loop_ips,
-            "ratio_ceiling": run["steady_ips"] / ceiling_now}
-        _LOGGER.info("trial %d, %s: decode %.0f, model %.0f, ceiling %.0f, "
-                     "pipeline %.0f while labeling (%.0f with start-up), "
-                     "plain loop %.0f, d/c %.2f", index, backend, decode_ips,
-                     model_ips, ceiling_now, run["steady_ips"], run["ips"],
-                     loop_ips, run["steady_ips"] / ceiling_now)
-    trial["decode_ips"] = _median(decode_rates)
-    trial["baseline"] = run_baseline(corpus, workdir / "out-baseline", model,
-                                     workdir / f"baseline-{index}.log")
-    _LOGGER.info("trial %d: baseline %.0f img/s", index,
-                 trial["baseline"]["ips"])
-    return trial
+class Bench:
+    """One benchmark run's fixed inputs: module, backend, options."""
+
+    def __init__(self, workdir: Path, model: str, backend: str,
+                 extra: List[str], config):
+        self.workdir, self.model, self.backend = workdir, model, backend
+        self.extra, self.config = extra, config
+        self.cache_dir = str(workdir / "model-cache")
+
+    def halves(self) -> Tuple[float, float]:
+        """(a) and (b), measured now."""
+        decode, _ = measure_decode(batch=self.config.max_batch_size)
+        return decode, measure_model(self.model, self.backend,
+                                     self.config.max_batch_size,
+                                     cache_dir=self.cache_dir)
+
+    def bracketed(self, corpus: Path, name: str) -> Dict[str, float]:
+        """The job on `corpus`, with (a) and (b) measured just before and
+        just after it: the ceiling reflects the machine's speed while the
+        job ran."""
+        before = self.halves()
+        job = run_job(corpus, self.workdir / f"out-{name}", self.model,
+                      self.extra, self.workdir / f"{name}.log")
+        after = self.halves()
+        decode, model = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+        return {**job, "decode_ips": decode, "model_ips": model,
+                "ceiling_ips": ceiling(decode, model)}
+
+    def trial(self, corpus: Path, demo: Path, index: int,
+              peers: bool) -> Dict[str, object]:
+        """One round at N: the job bracketed by (a) and (b), the plain loop,
+        the demo-size job and the peers, back to back."""
+        job = self.bracketed(corpus, f"job-{index}")
+        shutil.rmtree(self.workdir / "plain-loop", ignore_errors=True)
+        loop_ips = measure_plain_loop(corpus, self.workdir / "plain-loop",
+                                      self.model, self.backend, self.config,
+                                      self.cache_dir)
+        trial: Dict[str, object] = {
+            "job": job, "plain_loop_ips": loop_ips,
+            "demo": run_job(demo, self.workdir / "out-demo", self.model,
+                            self.extra, self.workdir / f"demo-{index}.log")}
+        c = job["ceiling_ips"]
+        ratios = {"steady_ceiling": job["steady_ips"] / c,
+                  "process_ceiling": job["process_ips"] / c,
+                  "loop_ceiling": loop_ips / c,
+                  "steady_loop": job["steady_ips"] / loop_ips}
+        if peers:
+            trial["naive_beam"] = run_peer(
+                NAIVE_BEAM, corpus, self.workdir / "out-naive-beam",
+                self.model, [], self.workdir / f"naive-beam-{index}.log")
+            trial["tf_data"] = run_peer(
+                TF_DATA_PEER, corpus, self.workdir / "out-tf-data",
+                self.model, ["--embedding"],
+                self.workdir / f"tf-data-{index}.log")
+            ratios["process_naive_beam"] = (
+                job["process_ips"] / trial["naive_beam"]["process_ips"])
+            ratios["process_tf_data"] = (
+                job["process_ips"] / trial["tf_data"]["process_ips"])
+        trial["ratios"] = ratios
+        _LOGGER.info("trial %d: %s", index, ", ".join(
+            f"{k} {v:.2f}" for k, v in ratios.items()))
+        return trial
+
+
+def _medians(runs: Sequence[Dict]) -> Dict[str, float]:
+    return {key: _median([r[key] for r in runs]) for key in runs[0]
+            if isinstance(runs[0][key], (int, float))}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--json", help="write the figures here as JSON")
     parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--backends", default="tf,xnnpack")
+    parser.add_argument("--json", help="write every figure here as JSON")
+    parser.add_argument("--markdown", help="write the table here (Markdown)")
     parser.add_argument("--model", help="module (default: the tf1 stand-in, "
                         "built in the work directory)")
     parser.add_argument("--workdir", help="default: a temporary directory")
     parser.add_argument("--pipeline_args", default="",
-                        help="extra CLI options for the pipeline runs")
+                        help="extra options for the job's runs (default "
+                        "none: the job's defaults, --backend auto)")
     parser.add_argument("--skip_4n", action="store_true")
+    parser.add_argument("--skip_peers", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -420,167 +519,162 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.model and not os.path.exists(model):
         from pipeline.standin import build_standin
         build_standin(model, "tf1")
-    backends = [b for b in args.backends.split(",") if b]
-    extra = args.pipeline_args.split()
-    # The model-alone figure uses the pipeline's own batch size.
-    from pipeline.options import parse_args as parse_cli_args
-    cli_args = parse_cli_args(["--input", "x", "--output", "y", *extra])[0]
-    batch = cli_args.max_batch_size
+    from pipeline.options import parse_args as parse_job_args
+    cache_dir = workdir / "model-cache"
+    extra = args.pipeline_args.split() + ["--model_cache_dir", str(cache_dir)]
+    config = parse_job_args(["--input", "x", "--output", "y", *extra])[0]
 
-    corpus = workdir / "corpus"
-    shutil.rmtree(corpus, ignore_errors=True)
-    make_corpus(corpus, args.n)
+    corpus, demo = workdir / "corpus", workdir / "demo"
+    for directory, size in ((corpus, args.n), (demo, DEMO_SIZE)):
+        shutil.rmtree(directory, ignore_errors=True)
+        make_corpus(directory, size)
     _LOGGER.info("corpus: %d images in %s", args.n, corpus)
-    fast_ips, _ = measure_decode(fast_jpeg=True, batch=batch)
+
+    # The first run converts the module and runs the parity gate (what
+    # every later run on this machine reuses); it also fills the page
+    # cache. Its launch checks are reported, its rates are not.
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    first = run_job(demo, workdir / "out-first", model, extra,
+                    workdir / "first.log")
+    backend = first["backend"]
+    _LOGGER.info("the job chose backend %s", backend)
+    bench = Bench(workdir, model, backend, extra, config)
+    fast_ips, _ = measure_decode(fast_jpeg=True, batch=config.max_batch_size)
     fast_mean, fast_worst = fast_jpeg_deviation()
 
-    # A first run per backend is not measured: it fills the page cache and,
-    # for xnnpack, converts the module and runs the parity gate (what every
-    # later run on this machine reuses). Its start-up is reported.
-    first_runs = {}
-    shutil.rmtree(workdir / "model-cache", ignore_errors=True)
-    for backend in backends:
-        first_runs[backend] = run_pipeline(
-            corpus, workdir / f"out-first-{backend}", model, backend,
-            extra + ["--model_cache_dir", str(workdir / "model-cache"),
-                     "--input", str(corpus / "img000000*.JPEG")],
-            workdir / f"first-{backend}.log")
-    extra = extra + ["--model_cache_dir", str(workdir / "model-cache")]
-
-    trials = [run_trial(corpus, workdir, model, backends, extra, cli_args,
-                        i + 1) for i in range(args.trials)]
-
-    per_backend: Dict[str, Dict[str, float]] = {}
-    for backend in backends:
-        runs = [t["per_backend"][backend] for t in trials]
-        per_backend[backend] = {key: _median([r[key] for r in runs])
-                                for key in runs[0]}
-        per_backend[backend]["first_run_launch_s"] = \
-            first_runs[backend]["launch_s"]
-        per_backend[backend]["ratio_ceiling_trials"] = [
-            r["ratio_ceiling"] for r in runs]
-    baseline = {key: _median([t["baseline"][key] for t in trials])
-                for key in trials[0]["baseline"]}
-    ratio_baseline = {backend: _median([
-        t["per_backend"][backend]["pipeline_ips"] / t["baseline"]["ips"]
-        for t in trials]) for backend in backends}
-    ratio_baseline_process = {backend: _median([
-        t["per_backend"][backend]["pipeline_process_ips"] /
-        t["baseline"]["process_ips"] for t in trials]) for backend in backends}
-
-    fastest = max(per_backend, key=lambda b: per_backend[b]["pipeline_ips"])
-    best = per_backend[fastest]
+    trials = [bench.trial(corpus, demo, i + 1, not args.skip_peers)
+              for i in range(args.trials)]
     figures: Dict[str, object] = {
-        "n": args.n, "trials": args.trials,
+        "n": args.n, "trials": args.trials, "backend": backend,
         "cores": len(os.sched_getaffinity(0)),
-        "decode_ips": _median([t["decode_ips"] for t in trials]),
-        "decode_threads": trials[0]["decode_threads"],
+        "batch_size": config.max_batch_size,
+        "first_run_launch_checks_s": first["launch_checks_s"],
         "fast_jpeg_decode_ips": fast_ips,
         "fast_jpeg_mean_delta_255": fast_mean,
         "fast_jpeg_worst_delta_255": fast_worst,
-        "batch_size": batch,
-        "backend": fastest,
-        "model_ips": best["model_ips"],
-        "ceiling_ips": best["ceiling_ips"],
-        # d: as the baseline reports itself — start-up (launch checks,
-        # module load) included, interpreter + Beam import not.
-        "pipeline_ips": best["pipeline_ips"],
-        # while labeling: from pipeline.run() to the end (d/c compares the
-        # job's processing rate with the in-memory ceiling).
-        "pipeline_steady_ips": best["pipeline_steady_ips"],
-        "pipeline_process_ips": best["pipeline_process_ips"],
-        "baseline_ips": baseline["ips"],
-        "baseline_process_ips": baseline["process_ips"],
-        "ratio_ceiling": best["ratio_ceiling"],
-        "ratio_baseline": ratio_baseline[fastest],
-        "ratio_baseline_process": ratio_baseline_process[fastest],
-        "rss_n_mb": best["pipeline_rss_mb"],
-        "loads_per_worker": best["pipeline_module_loads"] / _workers(extra),
-        "per_backend": per_backend,
-        "baseline": baseline,
+        "job": _medians([t["job"] for t in trials]),
+        "demo": _medians([t["demo"] for t in trials]),
+        "plain_loop_ips": _median([t["plain_loop_ips"] for t in trials]),
+        "ratios": _medians([t["ratios"] for t in trials]),
+        "ratio_trials": {key: [t["ratios"][key] for t in trials]
+                         for key in trials[0]["ratios"]},
         "trial_figures": trials,
     }
+    if not args.skip_peers:
+        figures["naive_beam"] = _medians([t["naive_beam"] for t in trials])
+        figures["tf_data"] = _medians([t["tf_data"] for t in trials])
     if not args.skip_4n:
         big = workdir / "corpus4n"
         shutil.rmtree(big, ignore_errors=True)
         make_corpus(big, 4 * args.n)
-        # Bracketed like (d): its d/c shows how much of the gap at N is
-        # the job's fixed start-up and wind-down rather than its pace.
-        before = ceiling_ips(model, fastest, batch)
-        run4 = run_pipeline(big, workdir / "out-4n", model, fastest, extra,
-                            workdir / "pipeline-4n.log")
-        ceiling4 = (before + ceiling_ips(model, fastest, batch)) / 2
+        run4 = bench.bracketed(big, "job-4n")
         shutil.rmtree(big, ignore_errors=True)
-        figures["rss_4n_mb"] = run4["rss_mb"]
-        figures["pipeline_4n_ips"] = run4["steady_ips"]
-        figures["ceiling_4n_ips"] = ceiling4
-        figures["ratio_ceiling_4n"] = run4["steady_ips"] / ceiling4
-    print_table(figures)
+        figures["job_4n"] = run4
+        figures["ratios"]["steady_4n_ceiling"] = (run4["steady_ips"] /
+                                                  run4["ceiling_ips"])
+    rows = table_rows(figures)
+    sys.stdout.write("\n" + plain_table(rows) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
-def _workers(extra: List[str]) -> int:
-    """Worker processes the pipeline runs used (in_memory: 1)."""
-    from pipeline.options import beam_options
-    from apache_beam.options.pipeline_options import DirectOptions
-    direct = beam_options(extra).view_as(DirectOptions)
-    if direct.direct_running_mode == "in_memory":
-        return 1
-    return direct.direct_num_workers
+def _target(figures: Dict, key: str) -> str:
+    """' (target ≥ X: met|MISSED)' for a ratio with a target."""
+    if key not in TARGETS or key not in figures["ratios"]:
+        return ""
+    met = figures["ratios"][key] >= TARGETS[key]
+    return f" (target ≥ {TARGETS[key]:g}: {'met' if met else 'MISSED'})"
 
 
-def print_table(f: Dict) -> None:
-    rows = [("trials (figures are medians)", f"{f['trials']}, "
-             f"{f['n']} images each, {f['cores']} cores"),
-            ("(a) decode + preprocess", f"{f['decode_ips']:.0f} img/s "
-             f"({f['decode_threads']} threads), reference-exact")]
-    if "fast_jpeg_decode_ips" in f:
-        rows.append(("    --fast_jpeg (not reference-exact)",
-                     f"{f['fast_jpeg_decode_ips']:.0f} img/s, mean |Δ| "
-                     f"{f['fast_jpeg_mean_delta_255']:.1f}/255 (worst image "
-                     f"{f['fast_jpeg_worst_delta_255']:.1f}/255)"))
-    for backend, b in f["per_backend"].items():
-        trials = ", ".join(f"{r:.2f}" for r in b["ratio_ceiling_trials"])
-        rows += [(f"(b) model alone, {backend}, batch {f['batch_size']}",
-                  f"{b['model_ips']:.0f} img/s"),
-                 (f"(c) ceiling, {backend}", f"{b['ceiling_ips']:.0f} img/s"),
-                 (f"(d) pipeline, {backend}, start-up included",
-                  f"{b['pipeline_ips']:.0f} img/s"),
-                 ("    while labeling / whole process",
-                  f"{b['pipeline_steady_ips']:.0f} / "
-                  f"{b['pipeline_process_ips']:.0f} img/s "
-                  f"({b['pipeline_wall_s']:.1f} s for {f['n']})"),
-                 ("    launch checks: first run on this machine / later",
-                  f"{b['first_run_launch_s']:.1f} s / "
-                  f"{b['pipeline_launch_s']:.1f} s"),
-                 (f"    d(labeling)/c, {backend}",
-                  f"{b['ratio_ceiling']:.2f} (trials: {trials})"),
-                 ("(d0) the same steps in a plain loop, no Beam",
-                  f"{b['plain_loop_ips']:.0f} img/s: d0/c "
-                  f"{b['ratio_loop_ceiling']:.2f}, d/d0 "
-                  f"{b['ratio_pipeline_loop']:.2f}")]
-    rows += [("(e) baseline naive_beam.py, start-up included",
-              f"{f['baseline_ips']:.0f} img/s (whole process "
-              f"{f['baseline_process_ips']:.0f})"),
-             (f"d(labeling)/c (fastest: {f['backend']})",
-              f"{f['ratio_ceiling']:.2f}"),
-             ("d/e (both start-up included)", f"{f['ratio_baseline']:.2f}"),
-             ("d/e (whole processes)", f"{f['ratio_baseline_process']:.2f}"),
-             ("peak RSS, N", f"{f['rss_n_mb']:.0f} MB")]
-    if "rss_4n_mb" in f:
-        rows.append(("peak RSS, 4N", f"{f['rss_4n_mb']:.0f} MB "
-                     f"({100 * (f['rss_4n_mb'] / f['rss_n_mb'] - 1):+.1f}%)"))
-        rows.append((f"d(labeling)/c at 4N ({4 * f['n']} images, "
-                     f"{f['backend']})",
-                     f"{f['ratio_ceiling_4n']:.2f} "
-                     f"({f['pipeline_4n_ips']:.0f} / "
-                     f"{f['ceiling_4n_ips']:.0f} img/s)"))
-    rows.append(("module loads per worker", f"{f['loads_per_worker']:.2f}"))
-    width = max(len(r[0]) for r in rows)
-    sys.stdout.write("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-                     + "\n")
+def _trials(figures: Dict, key: str) -> str:
+    values = figures["ratio_trials"].get(key, [])
+    if len(values) < 2:
+        return ""
+    return " (trials " + ", ".join(f"{v:.2f}" for v in values) + ")"
+
+
+def _split(run: Dict) -> str:
+    return (f"{run['imports_s']:.1f} / {run['launch_checks_s']:.1f} / "
+            f"{run['labeling_s']:.1f} / {run['finish_s']:.1f} s "
+            f"(whole process {run['wall_s']:.1f} s)")
+
+
+def table_rows(f: Dict) -> List[Tuple[str, str]]:
+    """The table: (figure, value) rows."""
+    job, r, n = f["job"], f["ratios"], f["n"]
+    rows = [
+        ("setup", f"{f['cores']} cores; {n} images (symlinks to the 150 "
+         f"sample photos); {f['trials']} trials, medians; backend "
+         f"{f['backend']} (chosen by --backend auto); batch "
+         f"{f['batch_size']}"),
+        ("(a) decode + preprocess alone, reference-exact",
+         f"{job['decode_ips']:.0f} img/s"),
+        ("    --fast_jpeg (not reference-exact)",
+         f"{f['fast_jpeg_decode_ips']:.0f} img/s, mean |Δ| "
+         f"{f['fast_jpeg_mean_delta_255']:.1f}/255 (worst image "
+         f"{f['fast_jpeg_worst_delta_255']:.1f}/255)"),
+        (f"(b) model alone, {f['backend']}", f"{job['model_ips']:.0f} img/s"),
+        ("(c) ceiling 1/(1/a + 1/b)", f"{job['ceiling_ips']:.0f} img/s"),
+        (f"(d) job, steady state, N = {n}", f"{job['steady_ips']:.0f} img/s: "
+         f"d/c {r['steady_ceiling']:.2f}{_trials(f, 'steady_ceiling')}"),
+    ]
+    if "job_4n" in f:
+        big = f["job_4n"]
+        rows.append((f"(d) job, steady state, 4N = {4 * n}",
+                     f"{big['steady_ips']:.0f} img/s of a ceiling of "
+                     f"{big['ceiling_ips']:.0f}: d/c "
+                     f"{r['steady_4n_ceiling']:.2f}"
+                     f"{_target(f, 'steady_4n_ceiling')}"))
+    rows += [
+        (f"(d) job, whole process, N = {n}",
+         f"{job['process_ips']:.0f} img/s: /c {r['process_ceiling']:.2f}"
+         f"{_trials(f, 'process_ceiling')}{_target(f, 'process_ceiling')}"),
+        ("(d0) the same functions in a plain loop, no Beam",
+         f"{f['plain_loop_ips']:.0f} img/s: d0/c {r['loop_ceiling']:.2f}, "
+         f"d/d0 {r['steady_loop']:.2f}"),
+        ("start-up split, demo (150): imports / launch checks / labeling / "
+         "finish", _split(f["demo"])),
+        (f"start-up split, N = {n}", _split(job)),
+        ("launch checks, first run on this machine (convert + gate)",
+         f"{f['first_run_launch_checks_s']:.1f} s"),
+    ]
+    memory = [(f"job, N = {n}", job)]
+    if "job_4n" in f:
+        memory.append((f"job, 4N = {4 * n}", f["job_4n"]))
+    if "naive_beam" in f:
+        nb, td = f["naive_beam"], f["tf_data"]
+        rows += [
+            ("peer naive_beam.py, whole process",
+             f"{nb['process_ips']:.0f} img/s (its own figure "
+             f"{nb['own_ips']:.0f}): job / peer "
+             f"{r['process_naive_beam']:.2f}×"
+             f"{_trials(f, 'process_naive_beam')}"
+             f"{_target(f, 'process_naive_beam')}"),
+            ("peer tf_data_peer.py --embedding, whole process",
+             f"{td['process_ips']:.0f} img/s (its own figure "
+             f"{td['own_ips']:.0f}): job / peer {r['process_tf_data']:.2f}×"
+             f"{_trials(f, 'process_tf_data')}"
+             f"{_target(f, 'process_tf_data')}")]
+        memory += [("naive_beam.py", nb), ("tf_data_peer.py --embedding", td)]
+    rows += [(f"peak memory, {name}", f"PSS {m['pss_mb']:.0f} MB, RSS "
+              f"{m['rss_mb']:.0f} MB") for name, m in memory]
+    rows.append(("module loads per job (one worker process)",
+                 f"{job['module_loads']:.0f}"))
+    return rows
+
+
+def plain_table(rows: List[Tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def markdown_table(rows: List[Tuple[str, str]]) -> str:
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| {name.strip()} | {value} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
