@@ -502,6 +502,7 @@ table.facts td { overflow-wrap: anywhere; }
 details summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
 table.histogram { width: 100%; }
 table.histogram td:first-child { width: 40%; overflow-wrap: anywhere; }
+table.histogram td:last-child { width: 45%; }
 .bar { background: var(--accent); height: 12px; min-width: 1px;
   margin-top: 3px; border-radius: 2px; }
 svg.scores { width: 100%; max-width: 560px; height: auto; }
@@ -714,7 +715,7 @@ def _counts_section(results: Results) -> str:
              for stage in stages]
     parts = ['<section id="counts"><h2>Counts</h2><table class="facts">']
     parts += [f'<tr><th>{_esc(name)}</th><td class="num" '
-              f'data-count="{_esc(name)}">{n}</td></tr>' for name, n in rows]
+              f'data-count="{_esc(name)}">{n:,}</td></tr>' for name, n in rows]
     parts.append("</table>")
     by_type = collections.Counter(
         (str(stage), str(kind)) for stage, kind in zip(
@@ -723,7 +724,7 @@ def _counts_section(results: Results) -> str:
     if by_type:
         parts.append('<h3>Errors by type</h3><table class="facts">')
         parts += [f"<tr><th>{_esc(stage)}/{_esc(kind)}</th>"
-                  f'<td class="num">{n}</td></tr>'
+                  f'<td class="num">{n:,}</td></tr>'
                   for (stage, kind), n in sorted(
                       by_type.items(), key=lambda item: (-item[1], item[0]))]
         parts.append("</table>")
@@ -788,13 +789,13 @@ def _labels_section(labels) -> str:
         width = 100.0 * n / most
         parts.append(
             f'<tr data-label="{_esc(label)}"><td>{_esc(label)}</td>'
-            f'<td class="num">{n}</td><td><div class="bar" '
+            f'<td class="num">{n:,}</td><td><div class="bar" '
             f'style="width: {width:.1f}%"></div></td></tr>')
     parts.append("</table>")
     rest = counts[TOP_LABELS:]
     if rest:
-        parts.append(f'<p class="muted">and {len(rest)} more labels with '
-                     f"{sum(n for _, n in rest)} images</p>")
+        parts.append(f'<p class="muted">and {len(rest):,} more labels with '
+                     f"{sum(n for _, n in rest):,} images</p>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -811,7 +812,7 @@ def _scores_section(labels) -> str:
     median = scores[len(scores) // 2]
     parts.append(f'<p class="muted">min {scores[0]:.3f}, median '
                  f"{median:.3f}, max {scores[-1]:.3f}</p>")
-    width, height, left, bottom = 380, 150, 30, 22  # viewBox units
+    width, height, left, bottom = 390, 150, 44, 22  # viewBox units
     bar_w = (width - left) / len(counts)
     most = max(counts) or 1
     svg = [f'<svg class="scores" xmlns="http://www.w3.org/2000/svg" '
@@ -831,7 +832,7 @@ def _scores_section(labels) -> str:
         x = left + tick * (width - left)
         svg.append(f'<text x="{x:.1f}" y="{height + 16}" '
                    f'text-anchor="middle">{tick:.2f}</text>')
-    svg.append(f'<text x="{left - 6}" y="12" text-anchor="end">{most}</text>'
+    svg.append(f'<text x="{left - 6}" y="12" text-anchor="end">{most:,}</text>'
                f'<text x="{left - 6}" y="{height}" text-anchor="end">0</text>'
                f'<text x="{(left + width) / 2:.0f}" y="{height + bottom + 12}"'
                ' text-anchor="middle">top-1 score (bins of '
