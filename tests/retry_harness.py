@@ -11,7 +11,8 @@ does not repeat them) and runs it on Beam's FnApiRunner.
 --crash_before_finish: the process dies when the finish step begins.
 --split_stage NAME: the runner sends real ProcessBundleSplitRequests to the
     stage holding the transform NAME (FnApiRunner with a gRPC-embedded
-    worker), splitting what remains of every bundle in half; prints
+    worker), splitting off --split_fraction (default half) of what remains
+    of every bundle; prints
     "splits: K" with the number of splits the worker accepted.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(argv) -> int:
     parser.add_argument("--crash_after_commits", type=int)
     parser.add_argument("--crash_before_finish", action="store_true")
     parser.add_argument("--split_stage")
+    parser.add_argument("--split_fraction", type=float, default=0.5)
     split = argv.index("--")
     args, job_argv = parser.parse_args(argv[:split]), argv[split + 1:]
 
@@ -82,7 +84,7 @@ def main(argv) -> int:
             if num_elements < 2:
                 return
             for _ in range(200):  # until the worker has started the bundle
-                result = yield 0.5  # split what remains in half
+                result = yield args.split_fraction  # of what remains
                 if result is not None:
                     splits.append(result)
                     return
