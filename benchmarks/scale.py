@@ -60,8 +60,8 @@ def tiny_jpeg(seed: int) -> bytes:
 
 
 def corpus_paths(corpus: Path, n: int) -> List[str]:
-    return [str(corpus / f"d{i // FILES_PER_DIRECTORY:04d}" / f"img{i:08d}.jpg")
-            for i in range(n)]
+    return [str(corpus / f"d{i // FILES_PER_DIRECTORY:04d}" /
+                f"img{i:08d}.jpg") for i in range(n)]
 
 
 def make_corpus(corpus: Path, n: int) -> Path:
@@ -177,12 +177,29 @@ def run_job(source: List[str], output: Path, model: str, cache: Path,
                            f"{log_path.read_text()[-2000:]}")
     sys.path.insert(0, str(PROJECT_ROOT))
     from transforms.manifest import read_manifest  # pylint: disable=import-outside-toplevel
-    counts = read_manifest(str(output))["counts"]
+    manifest = read_manifest(str(output))
+    counts = manifest["counts"]
     labeled = counts["labeled"]
     return {"wall_s": wall, "ips": labeled / wall, "labeled": labeled,
             "failed": counts["failed"],
             "first_commit_s": found.get("first_commit_s", float("nan")),
-            **memory}
+            **memory, **output_sizes(output, manifest)}
+
+
+def output_sizes(output: Path, manifest: Dict) -> Dict[str, float]:
+    """What the finished output holds: files, bytes per labels row, the
+    commit records' and the manifest's bytes."""
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    labels = [output / name for name in manifest["files"]
+              if name.startswith("labels-")]
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in labels)
+    records = list((output / "_attempts").glob("*.json"))
+    return {"files": len(manifest["files"]),
+            "labels_bytes_per_row": sum(p.stat().st_size for p in labels)
+            / max(rows, 1),
+            "commit_record_bytes": sum(p.stat().st_size for p in records)
+            / max(len(records), 1),
+            "manifest_bytes": (output / "_SUCCESS.json").stat().st_size}
 
 
 _LISTING_PROBE = r"""
@@ -256,25 +273,29 @@ def measure(workdir: Path, sizes: List[int], forms: List[str], model: str,
     return rows
 
 
+def _growth(row: Dict, first: Dict, key: str) -> str:
+    if row is first:
+        return ""
+    return f" ({100 * (row[key] / first[key] - 1):+.0f} %)"
+
+
 def table(rows: List[Dict]) -> str:
     """The results as a Markdown table, with each form's growth from the
     smallest N."""
     lines = ["| images | input | first commit | img/s | launcher RSS | "
              "workers RSS | listing held (job / Beam match) |",
              "|---:|---|---:|---:|---:|---:|---:|"]
-    base = {}
+    base: Dict[str, Dict] = {}
     for row in rows:
         first = base.setdefault(row["form"], row)
-        growth = ("" if first is row else
-                  f" ({100 * (row['launcher_rss_mb'] / first['launcher_rss_mb'] - 1):+.0f} %)")
-        worker_growth = ("" if first is row else
-                         f" ({100 * (row['workers_rss_mb'] / first['workers_rss_mb'] - 1):+.0f} %)")
         beam = (f" / {row['beam_match_peak_mb']:.1f} MB"
                 if row["form"] == "glob" else "")
         lines.append(
             f"| {row['n']:,} | {row['form']} | {row['first_commit_s']:.0f} s "
-            f"| {row['ips']:.0f} | {row['launcher_rss_mb']:.0f} MB{growth} | "
-            f"{row['workers_rss_mb']:.0f} MB{worker_growth} | "
+            f"| {row['ips']:.0f} | {row['launcher_rss_mb']:.0f} MB"
+            f"{_growth(row, first, 'launcher_rss_mb')} | "
+            f"{row['workers_rss_mb']:.0f} MB"
+            f"{_growth(row, first, 'workers_rss_mb')} | "
             f"{row['listing_peak_mb']:.1f} MB{beam} |")
     return "\n".join(lines)
 
