@@ -86,8 +86,10 @@ def run_output(tmp_path_factory, standin_tf1) -> Dict[str, object]:
 @pytest.fixture(scope="module")
 def report_path(run_output) -> Path:
     target = Path(str(run_output["output"])) / "report.html"
+    # From another directory than the job's: the page must not depend on it.
     result = run_cli(["report", str(run_output["output"]),
-                      "--duplicate_threshold", STANDIN_THRESHOLD])
+                      "--duplicate_threshold", STANDIN_THRESHOLD],
+                     cwd=str(Path(str(run_output["inputs"])).parent))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(target)
     # One line for all missing inputs; the page has a note for each.
