@@ -268,6 +268,9 @@ def require_cloud_credentials(locations: Mapping[str, Optional[str]]) -> None:
         return
     import google.auth  # pylint: disable=import-outside-toplevel
     from google.auth.exceptions import DefaultCredentialsError  # pylint: disable=import-outside-toplevel
+    auth_log = logging.getLogger("google.auth")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)  # its metadata-server warning: below
     try:
         google.auth.default()
     except DefaultCredentialsError as exc:
@@ -276,3 +279,5 @@ def require_cloud_credentials(locations: Mapping[str, Optional[str]]) -> None:
             "run `gcloud auth application-default login`, or set "
             "GOOGLE_APPLICATION_CREDENTIALS to a service account key "
             "file") from exc
+    finally:
+        auth_log.setLevel(level)

@@ -118,6 +118,7 @@ def test_cloud_paths_without_credentials_fail_at_once(tmp_path, flags, named):
         env=_no_credentials_env(tmp_path))
     _one_line_error(result, named, "gcloud auth application-default login",
                     "GOOGLE_APPLICATION_CREDENTIALS")
+    assert "WARNING" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 
