@@ -164,7 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines when stderr is not a terminal")
     cli_group.add_argument("--verbose", action="store_true",
                            help="debug logging and full tracebacks")
+    for action in parser._actions:  # pylint: disable=protected-access
+        if action.nargs != 0 and not action.choices:
+            action.metavar = _METAVARS.get(action.dest, "N")
     return parser
+
+
+#: How --help names each option's value (N: a number).
+_METAVARS = {"input": "GLOB", "input_manifest": "FILE",
+             "input_schemes": "LIST", "output": "DIR", "model": "HANDLE",
+             "embedding_model": "HANDLE", "labels": "FILE",
+             "model_cache_dir": "DIR", "allowed_formats": "LIST",
+             "config": "FILE", "progress_interval": "SECONDS"}
 
 
 def _config_flags(path: str) -> List[str]:
