@@ -45,7 +45,8 @@ class JobConfig:
     max_pixels: int
     max_file_bytes: int
     allowed_formats: str
-    decode_threads: int
+    decode_threads: Optional[int]
+    max_bytes_in_flight: Optional[int]
     fast_jpeg: bool
     # command line
     progress_interval: float

@@ -13,9 +13,14 @@ import os
 from typing import Any, Dict, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions,
+                                                  WorkerOptions)
 
 from transforms.backends import ModelLoader
 from transforms.classify import ClassifierHandler
+from transforms.cores import ONE_PER_CORE
 from transforms.errors import redact
 from transforms.label_chunks import ChunkSettings, ChunkUris, LabelChunks
 from transforms.sources import InputSpec
@@ -26,7 +31,24 @@ from transforms.write import RECORDS_TAG, FinishOutput, ReadCommitted
 REMOTE_READ_THREADS = 8
 
 
-def chunk_settings(config, run_id: str, backend: str) -> ChunkSettings:
+def processes_per_machine(options: PipelineOptions) -> int:
+    """Worker processes sharing one machine under these options: the local
+    runner's processes, or Dataflow's (one per vCPU unless one SDK
+    container is asked for)."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if "Dataflow" not in runner:
+        direct = options.view_as(DirectOptions)
+        return (direct.direct_num_workers or 1) \
+            if direct.direct_running_mode == "multi_processing" else 1
+    experiments = options.view_as(DebugOptions).experiments or []
+    if "no_use_multiple_sdk_containers" in experiments:
+        return 1
+    parallelism = options.view_as(WorkerOptions).sdk_worker_parallelism
+    return int(parallelism) if parallelism else ONE_PER_CORE
+
+
+def chunk_settings(config, run_id: str, backend: str,
+                   processes: int = 1) -> ChunkSettings:
     schemes = tuple(config.allowed_schemes())
     return ChunkSettings(
         output=config.output, run_id=run_id, decode=config.decode_settings(),
@@ -35,7 +57,8 @@ def chunk_settings(config, run_id: str, backend: str) -> ChunkSettings:
         decode_threads=config.decode_threads,
         read_threads=config.read_threads or (
             1 if schemes == ("file",) else REMOTE_READ_THREADS),
-        backend=backend)
+        backend=backend, processes_per_machine=processes,
+        max_bytes_in_flight=config.max_bytes_in_flight)
 
 
 def input_spec(config) -> InputSpec:
@@ -68,7 +91,9 @@ def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
     records = (uris
                | "ChunkUris" >> ChunkUris(config.rows_per_file, done)
                | "LabelChunks" >> LabelChunks(
-                   chunk_settings(config, run_id, loader.backend), handler))
+                   chunk_settings(config, run_id, loader.backend,
+                                  processes_per_machine(pipeline.options)),
+                   handler))
     _ = ((records, *kept)
          | "AllRecords" >> beam.Flatten()
          | "FinishOutput" >> FinishOutput(

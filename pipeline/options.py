@@ -149,9 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent reads per worker process (default: 1 for local "
         "files, 8 for object storage, to hide its latency)")
     decode_group.add_argument(
-        "--decode_threads", type=positive_int, default=3,
+        "--decode_threads", type=positive_int, default=None,
         help="decoding threads per worker process (they overlap with "
-        "inference; decoding releases the GIL)")
+        "inference; decoding releases the GIL); default: the cores the "
+        "process shares with the machine's other worker processes, plus one")
+    decode_group.add_argument(
+        "--max_bytes_in_flight", type=positive_int, default=None,
+        help="encoded bytes read and not yet decoded per worker process, at "
+        "most: files in flight are capped at this over --max_file_bytes; "
+        "default: a quarter of the process's share of the machine's memory")
     decode_group.add_argument(
         "--fast_jpeg", action="store_true",
         help="decode JPEGs at reduced size (DCT scaling): faster, not "

@@ -12,11 +12,14 @@ work runs in plain functions (transforms/labeling.py).
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import (Any, Deque, Dict, Iterable, Iterator, List, Optional,
+                    Sequence, Tuple)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -25,8 +28,10 @@ from transforms import tally
 from transforms.classify import SharedClassifier
 from transforms.errors import (METRICS_NAMESPACE, STAGE_CLASSIFY, STAGE_READ,
                                ErrorRecord, error_record)
+from transforms.cores import (cores_per_process, memory_per_process,
+                             share_machine)
 from transforms.labeling import (ChunkCounts, batches_of, pipelined,
-                                 process_pool)
+                                 process_file_slots, process_pool)
 from transforms.read import check_uri_allowed, read_file_bytes
 from transforms.write import ChunkWriter
 
@@ -101,9 +106,22 @@ class ChunkSettings:
     max_file_bytes: int
     allowed_schemes: Tuple[str, ...]
     batch_size: int
-    decode_threads: int
+    decode_threads: Optional[int]    # None: this process's cores + 1
     read_threads: int                # 1: read on the decode threads
     backend: str
+    processes_per_machine: int = 1   # cores.ONE_PER_CORE: one per core
+    max_bytes_in_flight: Optional[int] = None  # None: a quarter of the
+    # process's share of memory
+
+    def threads(self) -> int:
+        """Decode threads: given, or this process's share of the cores and
+        one more (decoding overlaps the model on the bundle thread)."""
+        return self.decode_threads or cores_per_process() + 1
+
+    def file_slots(self) -> int:
+        """Files read and not yet decoded at once in this process."""
+        budget = self.max_bytes_in_flight or memory_per_process() // 4
+        return max(1, budget // self.max_file_bytes)
 
 
 def batches_in_flight(decode_threads: int) -> int:
@@ -125,16 +143,18 @@ class _LabelChunk(beam.DoFn):
         self._model = None
 
     def setup(self):
-        from transforms.imaging import DECODE_THREAD_NICENESS  # pylint: disable=import-outside-toplevel
+        from transforms.imaging import DECODE_THREAD_NICENESS, warm_up  # pylint: disable=import-outside-toplevel
         from transforms.threaded import lower_this_thread_priority  # pylint: disable=import-outside-toplevel
         self._model = self._classifier.acquire()
         settings = self._settings
+        self._threads = settings.threads()
         self._decode_pool = process_pool(
-            "decode", settings.decode_threads,
+            "decode", self._threads,
             lambda: lower_this_thread_priority(DECODE_THREAD_NICENESS))
         self._read_pool = (process_pool("read", settings.read_threads)
                            if settings.read_threads > 1 else None)
-        logging.getLogger("PIL").setLevel(logging.CRITICAL)
+        self._slots = process_file_slots(settings.file_slots())
+        warm_up()  # decoder warnings go to the debug log and error rows
 
     def _read(self, uri: str):
         from transforms.imaging import ImageBytes  # pylint: disable=import-outside-toplevel
@@ -148,15 +168,44 @@ class _LabelChunk(beam.DoFn):
             return error_record(uri, STAGE_READ, exc)
 
     def _prepare(self, uris: Sequence[str]):
-        """On a decode thread: read and decode one batch."""
+        """On a decode thread: read and decode one batch, each file decoded
+        as soon as it is read (its bytes are dropped then)."""
         from transforms.imaging import decode_batch  # pylint: disable=import-outside-toplevel
-        read = (list(self._read_pool.map(self._read, uris)) if self._read_pool
-                else [self._read(uri) for uri in uris])
-        images = [r for r in read if not isinstance(r, ErrorRecord)]
-        errors = [r for r in read if isinstance(r, ErrorRecord)]
-        decoded, decode_errors = (decode_batch(images, self._settings.decode)
-                                  if images else (None, []))
-        return decoded, errors + decode_errors
+        read_errors: List[ErrorRecord] = []
+        images = _LazyImages(len(uris), self._read_in_slots(uris, read_errors))
+        decoded, errors = decode_batch(images, self._settings.decode)
+        return decoded, read_errors + errors
+
+    def _read_in_slots(self, uris: Sequence[str],
+                       errors: List[ErrorRecord]) -> Iterator[Any]:
+        """Files of `uris` as they are read, each holding a file slot until
+        the consumer asks for the next one (it has decoded this one)."""
+        slots = self._slots
+
+        def handed(read) -> Iterator[Any]:
+            try:
+                if isinstance(read, ErrorRecord):
+                    errors.append(read)
+                else:
+                    yield read
+            finally:
+                slots.give()
+        if self._read_pool is None:
+            for uri in uris:
+                slots.take()
+                yield from handed(self._read(uri))
+            return
+        lookahead = self._settings.read_threads
+        pending: Deque[concurrent.futures.Future] = collections.deque()
+        for uri in uris:
+            while not (len(pending) < lookahead and slots.take(wait=False)):
+                if not pending:
+                    slots.take()  # holds none: waiting cannot deadlock
+                    break
+                yield from handed(pending.popleft().result())
+            pending.append(self._read_pool.submit(self._read, uri))
+        while pending:
+            yield from handed(pending.popleft().result())
 
     def _classify(self, prepared):
         """On the bundle thread: the model on one decoded batch → rows."""
@@ -182,7 +231,7 @@ class _LabelChunk(beam.DoFn):
             for rows, errors in pipelined(
                     batches_of(uris, settings.batch_size), self._prepare,
                     self._classify, self._decode_pool,
-                    batches_in_flight(settings.decode_threads)):
+                    batches_in_flight(self._threads)):
                 if rows is not None:
                     writer.add_rows(rows)
                     tally.add("labeled", rows.num_rows)
@@ -212,6 +261,21 @@ def count_committed(record: Dict[str, Any],
         Metrics.counter(METRICS_NAMESPACE, f"images_failed_{stage}").inc(count)
     for kind, count in record["errors_by_type"].items():
         Metrics.counter(METRICS_NAMESPACE, f"errors:{kind}").inc(count)
+
+
+class _LazyImages:
+    """The files of a batch as decode_batch takes them: its length up front
+    (to size the pixel array), the files one at a time as they are read."""
+
+    def __init__(self, length: int, images: Iterator[Any]):
+        self._length = length
+        self._images = images
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._images
 
 
 class LabelChunks(beam.PTransform):

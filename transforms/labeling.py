@@ -63,6 +63,32 @@ def process_pool(name: str, threads: int,
         return _POOLS[key]
 
 
+class FileSlots:
+    """At most `slots` input files read and not yet decoded in this process,
+    so slots × the file size limit bounds the encoded bytes in flight. A
+    holder takes one slot per file and gives it back once the file is
+    decoded, never waiting for a second slot while it holds one."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, slots)
+        self._semaphore = threading.Semaphore(self.slots)
+
+    def take(self, wait: bool = True) -> bool:
+        return self._semaphore.acquire(blocking=wait)
+
+    def give(self) -> None:
+        self._semaphore.release()
+
+
+_SLOTS: Dict[int, FileSlots] = {}
+
+
+def process_file_slots(slots: int) -> FileSlots:
+    """One FileSlots per size in this process, shared by every thread."""
+    with _POOLS_LOCK:
+        return _SLOTS.setdefault(slots, FileSlots(slots))
+
+
 class ChunkCounts(NamedTuple):
     """What one chunk's attempt produced, as the job's summary counts it."""
     labeled: int

@@ -35,7 +35,22 @@ def _import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tensorflow_hub as hub  # pylint: disable=import-outside-toplevel
+    _share_cores(tf)
     return tf, hub
+
+
+def _share_cores(tf) -> None:
+    """TF's thread pools sized to this process's share of the cores; only
+    possible before TF's runtime starts (later calls keep what it has)."""
+    from transforms.cores import cores_per_process  # pylint: disable=import-outside-toplevel
+    try:
+        if tf.config.threading.get_intra_op_parallelism_threads() == 0:
+            tf.config.threading.set_intra_op_parallelism_threads(
+                cores_per_process())
+            tf.config.threading.set_inter_op_parallelism_threads(
+                cores_per_process())
+    except RuntimeError:
+        pass  # the runtime is already initialized
 
 
 def _signature_io(loaded, signature: str) -> Tuple[str, str, str]:

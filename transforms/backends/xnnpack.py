@@ -29,10 +29,9 @@ _CONVERT_LOCK = threading.Lock()
 
 
 def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    """The interpreter's threads: this process's share of the cores."""
+    from transforms.cores import cores_per_process  # pylint: disable=import-outside-toplevel
+    return cores_per_process()
 
 
 class _TfliteRunner:
