@@ -201,6 +201,47 @@ def test_workers_load_the_staged_model_with_litert_alone(
         facts.loader.load()
 
 
+_GS_WORKER = """
+import pickle, sys
+import numpy as np
+prepared, location, pixels_path = pickle.load(sys.stdin.buffer)
+loader = prepared.stage(location)
+logits, embedding = loader()(np.load(pixels_path))
+print(repr(dict(loader.options)["model_path"]), float(logits.sum()),
+      sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
+"""
+
+
+@pytest.mark.slow
+def test_model_is_staged_and_loaded_on_gs(standin_tf1, all_photos,
+                                          tmp_path):
+    """Staging and the workers' read go through Beam's filesystems: on
+    gs:// (the emulator), still without importing TensorFlow."""
+    from tests.gcs_emulator import GcsEmulator
+    prepared = backends.prepare("xnnpack", standin_tf1, None,
+                                str(tmp_path / "cache"))
+    np.save(tmp_path / "pixels.npy", all_photos[:4])
+    expected = float(prepared.local()(all_photos[:4])[0].sum())
+    with GcsEmulator() as emulator:
+        emulator.create_bucket("staging")
+        worker = subprocess.run(
+            [sys.executable, "-c", _GS_WORKER], cwd=PROJECT_ROOT,
+            timeout=300, capture_output=True,
+            env={**os.environ, **emulator.env()}, input=pickle.dumps((
+                prepared, "gs://staging/out/_model",
+                str(tmp_path / "pixels.npy"))))
+        assert worker.returncode == 0, worker.stderr.decode()[-3000:]
+        staged = sorted(emulator.list("staging", "out/_model/"))
+    path, total, tensorflow = worker.stdout.decode().split(" ", 2)
+    assert path.strip("'") == \
+        f"gs://staging/out/_model/{prepared.conversion.name}.tflite"
+    assert [name.rsplit("/", 1)[-1] for name in staged] == [
+        f"{prepared.conversion.name}.json",
+        f"{prepared.conversion.name}.tflite"]
+    assert abs(float(total) - expected) <= 1e-3 * max(1.0, abs(expected))
+    assert tensorflow.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_auto_falls_back_to_tf_with_one_warning(standin_tf1, tmp_path,
                                                 caplog):
