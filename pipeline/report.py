@@ -1187,7 +1187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duplicate_threshold", type=_similarity,
                         default=DEFAULT_DUPLICATE_THRESHOLD,
                         help="cosine similarity of two images' embeddings "
-                        "at or above which they are near-duplicates")
+                        "at or above which they are near-duplicates (the "
+                        f"first {DUPLICATE_MAX_ROWS:,} images are compared)")
     parser.add_argument("--allow_unfinished", action="store_true",
                         help="report on an output without _SUCCESS.json "
                         "(a running or stopped job): every labels-*.parquet "

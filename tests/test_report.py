@@ -623,7 +623,9 @@ def test_report_screenshot(report_path, open_page):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    open_page(report_path, 1400, 2000).screenshot(path=str(shot))
+    page = open_page(report_path, 1400, 2000)
+    page.screenshot(path=str(shot))
+    page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
     shutil.copyfile(report_path, ARTIFACTS / "report.html")
     with Image.open(shot) as image:
         assert image.size == (1400, 2000)
