@@ -216,7 +216,6 @@ def tf1_variant(tmp_path_factory) -> Path:
         separate_inputs=True, train_graph=True))
 
 
-@pytest.mark.slow
 def test_tf1_variant_layout(tf1_variant, images, outputs):
     from tensorflow.core.protobuf import saved_model_pb2
     saved = saved_model_pb2.SavedModel()
