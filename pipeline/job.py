@@ -15,8 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions,
                                                   PipelineOptions,
-                                                  StandardOptions,
-                                                  WorkerOptions)
+                                                  StandardOptions)
 
 from transforms.backends import ModelLoader
 from transforms.classify import ClassifierHandler
@@ -43,7 +42,8 @@ def processes_per_machine(options: PipelineOptions) -> int:
     experiments = options.view_as(DebugOptions).experiments or []
     if "no_use_multiple_sdk_containers" in experiments:
         return 1
-    parallelism = options.view_as(WorkerOptions).sdk_worker_parallelism
+    given = options.get_all_options(drop_default=True)
+    parallelism = given.get("sdk_worker_parallelism")  # its default is 1
     return int(parallelism) if parallelism else ONE_PER_CORE
 
 

@@ -12,14 +12,12 @@ work runs in plain functions (transforms/labeling.py).
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import (Any, Deque, Dict, Iterable, Iterator, List, Optional,
-                    Sequence, Tuple)
+from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -31,7 +29,8 @@ from transforms.errors import (METRICS_NAMESPACE, STAGE_CLASSIFY, STAGE_READ,
 from transforms.cores import (cores_per_process, memory_per_process,
                              share_machine)
 from transforms.labeling import (ChunkCounts, batches_of, pipelined,
-                                 process_file_slots, process_pool)
+                                 process_file_slots, process_pool,
+                                 reads_within_slots)
 from transforms.read import check_uri_allowed, read_file_bytes
 from transforms.write import ChunkWriter
 
@@ -172,40 +171,11 @@ class _LabelChunk(beam.DoFn):
         as soon as it is read (its bytes are dropped then)."""
         from transforms.imaging import decode_batch  # pylint: disable=import-outside-toplevel
         read_errors: List[ErrorRecord] = []
-        images = _LazyImages(len(uris), self._read_in_slots(uris, read_errors))
+        images = _LazyImages(len(uris), reads_within_slots(
+            uris, self._read, self._slots, read_errors, self._read_pool,
+            self._settings.read_threads))
         decoded, errors = decode_batch(images, self._settings.decode)
         return decoded, read_errors + errors
-
-    def _read_in_slots(self, uris: Sequence[str],
-                       errors: List[ErrorRecord]) -> Iterator[Any]:
-        """Files of `uris` as they are read, each holding a file slot until
-        the consumer asks for the next one (it has decoded this one)."""
-        slots = self._slots
-
-        def handed(read) -> Iterator[Any]:
-            try:
-                if isinstance(read, ErrorRecord):
-                    errors.append(read)
-                else:
-                    yield read
-            finally:
-                slots.give()
-        if self._read_pool is None:
-            for uri in uris:
-                slots.take()
-                yield from handed(self._read(uri))
-            return
-        lookahead = self._settings.read_threads
-        pending: Deque[concurrent.futures.Future] = collections.deque()
-        for uri in uris:
-            while not (len(pending) < lookahead and slots.take(wait=False)):
-                if not pending:
-                    slots.take()  # holds none: waiting cannot deadlock
-                    break
-                yield from handed(pending.popleft().result())
-            pending.append(self._read_pool.submit(self._read, uri))
-        while pending:
-            yield from handed(pending.popleft().result())
 
     def _classify(self, prepared):
         """On the bundle thread: the model on one decoded batch → rows."""

@@ -89,6 +89,39 @@ def process_file_slots(slots: int) -> FileSlots:
         return _SLOTS.setdefault(slots, FileSlots(slots))
 
 
+def reads_within_slots(uris: Sequence[str], read: Callable[[str], Any],
+                       slots: FileSlots, errors: List[ErrorRecord],
+                       pool: Optional[concurrent.futures.Executor] = None,
+                       lookahead: int = 1) -> Iterator[Any]:
+    """`read(uri)` for each URI, in order, yielding what was read; each file
+    holds a slot until the consumer asks for the next one (it has used this
+    one). ErrorRecords go to `errors` instead. With `pool`, up to
+    `lookahead` reads run ahead on it."""
+    def handed(result) -> Iterator[Any]:
+        try:
+            if isinstance(result, ErrorRecord):
+                errors.append(result)
+            else:
+                yield result
+        finally:
+            slots.give()
+    if pool is None:
+        for uri in uris:
+            slots.take()
+            yield from handed(read(uri))
+        return
+    pending: Deque[concurrent.futures.Future] = collections.deque()
+    for uri in uris:
+        while not (len(pending) < lookahead and slots.take(wait=False)):
+            if not pending:
+                slots.take()  # holds none: waiting cannot deadlock
+                break
+            yield from handed(pending.popleft().result())
+        pending.append(pool.submit(read, uri))
+    while pending:
+        yield from handed(pending.popleft().result())
+
+
 class ChunkCounts(NamedTuple):
     """What one chunk's attempt produced, as the job's summary counts it."""
     labeled: int
