@@ -21,15 +21,18 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.cli_base import UserError, require_cloud_credentials
 from transforms.classify import BackendParity, backend_parity
-from transforms.decode import decode_image
+from transforms.imaging import decode_image, warm_up
 from transforms.errors import one_line
-from transforms.model import (ImageClassifier, ModelLoadError, is_url,
-                              load_classifier, resolve_handle)
+from transforms import backends
+from transforms.backends import (AUTO, REFERENCE, ImageClassifier,
+                                 ModelLoader, ModelLoadError, Prepared)
+from transforms.backends.handles import is_url, resolve_handle
 from transforms.read import read_file_bytes
 from transforms.schema import ERRORS_PREFIX, LABELS_PREFIX
 from transforms.sources import InputSpec
-from transforms.write import (INCOMPLETE_DIR, SUCCESS_FILE,
-                              finished_files_pattern, output_path)
+from transforms.manifest import SUCCESS_FILE, output_path
+from transforms.write import (ATTEMPTS_DIR, INCOMPLETE_DIR,
+                              finished_files_pattern, parse_file_name)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,9 +52,17 @@ class LaunchFacts:
     """What the checks learned, for building and summarising the job."""
     total_inputs: Optional[int]  # None: more than the launch checks sampled
     labels: List[str]
-    classifier: ImageClassifier
+    classifier: ImageClassifier  # this process's copy of the job's model
     is_standin: bool
-    parity: Optional[BackendParity] = None
+    backend: str                 # the backend chosen: the `backend` column
+    loader: ModelLoader          # what workers load
+    parity: Optional[BackendParity] = None  # the gate the backend passed
+    backend_reason: str = ""     # why this backend, in one line
+
+    def backend_record(self) -> dict:
+        """The backend decision, for the output's manifest."""
+        return {"backend": self.backend, "reason": self.backend_reason,
+                "parity": self.parity._asdict() if self.parity else None}
 
 
 def _read_bytes(location: str) -> bytes:
@@ -106,29 +117,69 @@ def list_inputs(file_pattern: Optional[str], manifest: Optional[str]
     return sample.count, list(sample.uris)
 
 
-def check_backend(args, candidate: ImageClassifier, sample: List[str]
-                  ) -> Optional[BackendParity]:
-    """Parity gate for a non-default backend, on the job's own first images:
-    top-1 agreement with TF ≥ 99.5% and max |Δ probability| ≤ 1e-3.
+#: Where the launcher stages a converted model for the workers, under
+#: --output (any Beam filesystem), so it travels with the job.
+MODEL_STAGING_DIR = "_model"
 
-    Each converted model is gated by the first launch that uses it, and the
-    result is kept beside it in the cache; later launches reuse it (and do
-    not load TensorFlow at all) unless --recheck_parity."""
-    if args.backend == "tf":
-        return None
-    conversion = candidate.conversion
-    recorded = conversion.parity if conversion else None
+
+def model_staging_location(output: str) -> str:
+    return FileSystems.join(output.rstrip("/"), MODEL_STAGING_DIR)
+
+
+@dataclass
+class BackendChoice:
+    """The launch's backend decision."""
+    backend: str
+    loader: ModelLoader
+    classifier: ImageClassifier
+    parity: Optional[BackendParity]
+    reason: str
+
+
+class _NotUsable(Exception):
+    """A backend cannot be used for this job (message: why, one line)."""
+
+
+def _loaded(loader: ModelLoader) -> ImageClassifier:
+    try:
+        return loader()
+    except ModelLoadError as exc:
+        raise _NotUsable(str(exc)) from exc
+    except Exception as exc:  # pylint: disable=broad-except
+        raise _NotUsable(f"cannot load it: {one_line(exc)}") from exc
+
+
+def _prepared(name: str, args) -> Prepared:
+    try:
+        return backends.prepare(name, args.model, args.embedding_model,
+                                args.model_cache_dir, args.inference_threads)
+    except ModelLoadError as exc:
+        raise _NotUsable(str(exc)) from exc
+    except Exception as exc:  # pylint: disable=broad-except
+        raise _NotUsable(f"cannot prepare it: {one_line(exc)}") from exc
+
+
+def _gate(name: str, prepared: Prepared, args, sample: List[str]
+          ) -> BackendParity:
+    """Parity gate against the reference backend on the job's own first
+    images: top-1 agreement ≥ 99.5% and max |Δ probability| ≤ 1e-3.
+
+    A passed result is recorded with the prepared model; later launches
+    with the same model reuse it (and do not load the reference, nor import
+    TensorFlow) unless --recheck_parity."""
+    recorded = prepared.gate
     if recorded and not args.recheck_parity:
         parity = BackendParity(*(recorded[f] for f in BackendParity._fields))
         _LOGGER.info(
-            "backend %s: this conversion passed the parity gate against tf "
+            "backend %s: this conversion passed the parity gate against %s "
             "on %s (%d images: top-1 agreement %.2f%%, max |Δp| %.2e, max "
             "|Δembedding| %.2e); --recheck_parity runs it on this job's "
-            "images", args.backend, recorded.get("checked_at", "?"),
+            "images", name, REFERENCE, recorded.get("checked_at", "?"),
             parity.images, 100 * parity.top1_agreement,
             parity.max_prob_delta, parity.max_embedding_delta)
         return parity
     settings = args.decode_settings()
+    warm_up()  # decoder warnings go to the debug log, not the console
     pixels = []
     for uri in sample:
         try:
@@ -137,26 +188,73 @@ def check_backend(args, candidate: ImageClassifier, sample: List[str]
         except Exception:  # pylint: disable=broad-except
             continue  # a broken input is the job's business, not the gate's
     if not pixels:
-        raise LaunchError(f"cannot check the {args.backend} backend: none "
-                          f"of the first {len(sample)} inputs decodes")
-    reference = check_model(args.model, args.embedding_model, None,
-                            args.model_cache_dir)
-    parity = backend_parity(reference, candidate, np.stack(pixels))
+        raise _NotUsable(f"its parity gate cannot run: none of the first "
+                         f"{len(sample)} inputs decodes")
+    reference = _loaded(_prepared(REFERENCE, args).local)
+    parity = backend_parity(reference, _loaded(prepared.local),
+                            np.stack(pixels))
+    prepared.local.forget()  # workers load the staged copy
     _LOGGER.info(
-        "backend %s vs tf on %d images: top-1 agreement %.2f%%, max |Δp| "
-        "%.2e, max |Δembedding| %.2e", args.backend, parity.images,
+        "backend %s vs %s on %d images: top-1 agreement %.2f%%, max |Δp| "
+        "%.2e, max |Δembedding| %.2e", name, REFERENCE, parity.images,
         100 * parity.top1_agreement, parity.max_prob_delta,
         parity.max_embedding_delta)
     if not parity.passes():
-        raise LaunchError(
-            f"backend {args.backend} fails the parity gate against tf "
-            f"(top-1 agreement {100 * parity.top1_agreement:.1f}% < 99.5% or "
-            f"max |Δp| {parity.max_prob_delta:.1e} > 1e-3); use --backend tf")
-    if conversion:
-        conversion.record_parity({**parity._asdict(), "checked_at": datetime
-                                  .datetime.now(datetime.timezone.utc)
-                                  .isoformat(timespec="seconds")})
+        raise _NotUsable(
+            f"it fails the parity gate against {REFERENCE} (top-1 agreement "
+            f"{100 * parity.top1_agreement:.1f}% < 99.5% or max |Δp| "
+            f"{parity.max_prob_delta:.1e} > 1e-3)")
+    prepared.record_gate({**parity._asdict(), "checked_at": datetime.datetime
+                          .now(datetime.timezone.utc)
+                          .isoformat(timespec="seconds")})
     return parity
+
+
+def _use_backend(name: str, args, sample: List[str]) -> BackendChoice:
+    """Prepare backend `name`, gate it unless it is the reference, stage
+    it with the job and load it here; _NotUsable says why not."""
+    prepared = _prepared(name, args)
+    parity = None if name == REFERENCE else _gate(name, prepared, args,
+                                                  sample)
+    try:
+        loader = prepared.stage(model_staging_location(args.output))
+    except Exception as exc:  # pylint: disable=broad-except
+        raise _NotUsable(f"cannot stage it under --output: "
+                         f"{one_line(exc)}") from exc
+    reason = ("the reference backend" if parity is None else
+              f"passed the parity gate against {REFERENCE} on "
+              f"{parity.images} images")
+    return BackendChoice(name, loader, _loaded(loader), parity, reason)
+
+
+def check_backend(args, sample: List[str]) -> BackendChoice:
+    """Choose, prepare and load the job's backend: --backend NAME forces
+    one; `auto` takes the first of AUTO_ORDER that prepares and passes its
+    gate, with one warning line for each it passes over."""
+    forced = args.backend != AUTO
+    names = (args.backend,) if forced else backends.AUTO_ORDER
+    for index, name in enumerate(names):
+        try:
+            choice = _use_backend(name, args, sample)
+        except _NotUsable as exc:
+            if forced or index == len(names) - 1:
+                hint = (f"; use --backend {REFERENCE}" if name != REFERENCE
+                        else "; pass --model with a readable module (a "
+                        "local or gs:// directory)" + (
+                            " (no network? pass a local or gs:// copy)"
+                            if is_url(args.model) else ""))
+                raise LaunchError(f"backend {name}: {exc}{hint}") from exc
+            _LOGGER.warning("backend auto: not %s, as %s; trying %s", name,
+                            exc, names[index + 1])
+            continue
+        if choice.backend != REFERENCE:
+            # Only the gate needed the reference here.
+            _prepared(REFERENCE, args).local.forget()
+        _LOGGER.info("backend %s%s: %s", choice.backend,
+                     "" if forced else " (chosen by --backend auto)",
+                     choice.reason)
+        return choice
+    raise AssertionError("unreachable: the last backend raises")
 
 
 def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
@@ -178,11 +276,20 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
                           f"({len(finished)} files); pass --resume to label "
                           "only what is missing, --overwrite to replace them, "
                           "or choose another --output")
-    leftovers = matching(output_path(output, INCOMPLETE_DIR) + "/*")
-    stale = leftovers + (finished if overwrite else []) + \
+    unknown = [p for p in finished if parse_file_name(p) is None]
+    if resume and unknown:
+        raise LaunchError(f"--output {output} holds files of an older layout "
+                          f"(e.g. {unknown[0].rsplit('/', 1)[-1]}) that "
+                          "--resume cannot account for; label into a new "
+                          "--output, or pass --overwrite")
+    # While this run goes on the output is unfinished: no manifest. Files
+    # being written by a killed run are gone with it.
+    stale = matching(output_path(output, INCOMPLETE_DIR) + "/*") + \
         matching(output_path(output, SUCCESS_FILE))
-    if stale:
-        FileSystems.delete(stale)
+    if overwrite:
+        stale += finished + matching(output_path(output, ATTEMPTS_DIR) + "/*")
+    for start in range(0, len(stale), 1000):
+        FileSystems.delete(stale[start:start + 1000])
     probe = FileSystems.join(output.rstrip("/"),
                              f".write-probe-{uuid.uuid4().hex}")
     try:
@@ -199,28 +306,34 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> int:
 
 def check_model(handle: str, embedding_handle: Optional[str],
                 labels: Optional[List[str]], cache_dir: Optional[str],
-                backend: str = "tf", threads: Optional[int] = None
+                backend: str = REFERENCE, threads: Optional[int] = None
                 ) -> ImageClassifier:
-    """Load the module for `backend` (in this process; local runs reuse it)
+    """Load the module for `backend` in this process (no staging, no gate)
     and check its classes against the label file (unless labels is None)."""
     try:
-        classifier, _ = load_classifier(handle, embedding_handle, cache_dir,
-                                        backend, threads)
+        classifier, _ = backends.load_classifier(
+            handle, embedding_handle, cache_dir, backend, threads)
     except ModelLoadError as exc:
         raise LaunchError(f"{exc}; pass --model with a readable module "
                           "(a local or gs:// directory)") from exc
     except Exception as exc:  # pylint: disable=broad-except
         hint = (" (no network? pass --model with a local or gs:// copy)"
                 if is_url(handle) else
-                "; use --backend tf" if backend != "tf" else "")
+                f"; use --backend {REFERENCE}" if backend != REFERENCE
+                else "")
         raise LaunchError(f"cannot load module {handle} for the {backend} "
                           f"backend: {one_line(exc)}{hint}") from exc
+    check_classes(classifier, labels, handle)
+    return classifier
+
+
+def check_classes(classifier: ImageClassifier, labels: Optional[List[str]],
+                  handle: str) -> None:
     if labels is not None and classifier.num_classes != len(labels):
         raise LaunchError(
             f"label file has {len(labels)} lines but module {handle} has "
             f"{classifier.num_classes} classes; pass the module's label file "
             "with --labels")
-    return classifier
 
 
 def is_standin(handle: str, cache_dir: Optional[str]) -> bool:
@@ -238,14 +351,14 @@ def run_checks(args) -> LaunchFacts:
     total, sample = list_inputs(args.input, args.input_manifest)
     check_output(args.output, args.overwrite, args.resume)
     labels = load_labels(args.labels)
-    classifier = check_model(args.model, args.embedding_model, labels,
-                             args.model_cache_dir, args.backend,
-                             args.inference_threads)
+    choice = check_backend(args, sample)
+    classifier = choice.classifier
+    check_classes(classifier, labels, args.model)
     if args.top_k > classifier.num_classes:
         raise LaunchError(f"--top_k {args.top_k} is more than the module's "
                           f"{classifier.num_classes} classes; give --top_k "
                           f"{classifier.num_classes} or less")
-    parity = check_backend(args, classifier, sample)
     standin = is_standin(args.model, args.model_cache_dir)
-    return LaunchFacts(total, labels, classifier, standin, parity)
+    return LaunchFacts(total, labels, classifier, standin, choice.backend,
+                       choice.loader, choice.parity, choice.reason)
 

@@ -87,7 +87,7 @@ class JobConfig:
         if self.input_schemes:
             return tuple(s.strip().lower() for s in
                          self.input_schemes.split(",") if s.strip())
-        from transforms.read import uri_scheme  # pylint: disable=import-outside-toplevel
+        from transforms.sources import uri_scheme  # pylint: disable=import-outside-toplevel
         source = self.input or self.input_manifest
         return (uri_scheme(source),) if source else ()
 

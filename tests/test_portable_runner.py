@@ -559,8 +559,8 @@ def test_dataflow_job_description_builds_offline(name, package, tmp_path,
     proto = beam_runner_api_pb2.Pipeline.FromString(
         (staging / "pipeline.pb").read_bytes())
     names = {t.unique_name for t in proto.components.transforms.values()}
-    for step in ("ReadImages", "DecodeAndPreprocess", "Classify",
-                 "Classify/RunInference", "WriteLabels", "WriteErrors"):
+    for step in ("InputUris", "ChunkUris", "LabelChunks",
+                 "LabelChunks/LabelChunk", "FinishOutput"):
         assert step in names, sorted(names)[:50]
     (env,) = proto.components.environments.values()
     assert env.urn == "beam:env:docker:v1"

@@ -28,7 +28,8 @@ from transforms.errors import (METRICS_NAMESPACE, STAGE_CLASSIFY, STAGE_READ,
                                ErrorRecord, error_record)
 from transforms.cores import (cores_per_process, memory_per_process,
                              share_machine)
-from transforms.labeling import (ChunkCounts, batches_of, pipelined,
+from transforms.labeling import (ChunkCounts, batches_of,
+                                 lower_this_thread_priority, pipelined,
                                  process_file_slots, process_pool,
                                  reads_within_slots)
 from transforms.read import check_uri_allowed, read_file_bytes
@@ -143,9 +144,9 @@ class _LabelChunk(beam.DoFn):
 
     def setup(self):
         from transforms.imaging import DECODE_THREAD_NICENESS, warm_up  # pylint: disable=import-outside-toplevel
-        from transforms.threaded import lower_this_thread_priority  # pylint: disable=import-outside-toplevel
-        self._model = self._classifier.acquire()
         settings = self._settings
+        share_machine(settings.processes_per_machine)  # before pools, model
+        self._model = self._classifier.acquire()
         self._threads = settings.threads()
         self._decode_pool = process_pool(
             "decode", self._threads,

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
+import os
+import sys
 import threading
 from typing import (Any, Callable, Counter, Deque, Dict, Iterable, Iterator,
                     List, NamedTuple, Optional, Sequence, Tuple, TypeVar)
@@ -43,6 +46,19 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], R],
             yield finish(pending.popleft().result())
     while pending:
         yield finish(pending.popleft().result())
+
+
+def lower_this_thread_priority(niceness: int) -> None:
+    """Give the calling thread this nice value (Linux: niceness is per
+    thread), so pool threads take the cores whenever the model's thread
+    does not need them. Elsewhere, or if refused, it keeps its priority."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError:
+        logging.getLogger(__name__).debug(
+            "could not lower the priority of a pool thread", exc_info=True)
 
 
 _POOLS: Dict[Tuple[str, int], concurrent.futures.ThreadPoolExecutor] = {}

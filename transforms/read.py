@@ -1,34 +1,18 @@
-"""Step 1: URI → bytes.
-
-Inputs are a glob on any Beam filesystem (local, gs://, ...) or a manifest
-file listing one URI per line. Files are read through Beam's `FileSystems`,
-so every filesystem Beam knows works, and each element is keyed by its URI
-from here to the output.
-"""
+"""Step 1: URI → bytes, through Beam's `FileSystems` (every filesystem Beam
+knows), with retries for transient storage errors and a size limit."""
 from __future__ import annotations
 
 import io
-import logging
 import os
-from typing import (Iterable, List, Optional, Sequence,
-                    Union)
+from typing import Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.utils import retry
 
-from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_READ,
-                               ImageError, error_record)
-from transforms import tally
-# Re-exported: callers import them from here too.
-from transforms.sources import parse_manifest_line, uri_scheme  # pylint: disable=unused-import
-from transforms.imaging import ImageBytes
-from transforms.threaded import ThreadedDoFn, threaded_pardo
+from transforms.errors import ImageError
+from transforms.sources import uri_scheme
 
-_LOGGER = logging.getLogger(__name__)
 
 def check_uri_allowed(uri: str, allowed_schemes: Sequence[str]) -> None:
     """Refuse URIs outside the filesystems the job was configured for.
@@ -99,149 +83,3 @@ def read_file_bytes(uri: str, max_bytes: int) -> bytes:
         raise ImageError("FileTooLarge",
                          f"file is larger than the limit of {max_bytes} bytes")
     return data
-
-
-class ReadImageBytes(ThreadedDoFn):
-    """URI (or FileMetadata) → ImageBytes, or an ErrorRecord (stage read).
-
-    Emits ImageBytes on the main output and ErrorRecords on ERRORS_TAG.
-    Reads run on `threads` threads: waiting on storage (and on the
-    filesystem) then overlaps with decoding and inference.
-    """
-
-    def __init__(self, max_bytes: int, allowed_schemes: Sequence[str],
-                 threads: int = 1):
-        super().__init__(threads)
-        self._max_bytes = max_bytes
-        self._allowed_schemes = tuple(allowed_schemes)
-
-    def work(self, element: Union[FileMetadata, str]
-             ) -> List[Union[ImageBytes, beam.pvalue.TaggedOutput]]:
-        uri = _uri_of(element)
-        try:
-            check_uri_allowed(uri, self._allowed_schemes)
-            data = read_file_bytes(uri, self._max_bytes)
-        except Exception as exc:  # pylint: disable=broad-except
-            _LOGGER.debug("read failed for %s", uri, exc_info=True)
-            return [beam.pvalue.TaggedOutput(
-                ERRORS_TAG, error_record(uri, STAGE_READ, exc))]
-        return [ImageBytes(uri, data)]
-
-    def emitted(self, output) -> None:
-        if isinstance(output, ImageBytes):
-            _IMAGES_READ.inc()
-            _BYTES_READ.inc(len(output.data))
-
-
-_IMAGES_READ = Metrics.counter(METRICS_NAMESPACE, "images_read")
-_BYTES_READ = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
-
-
-def _uri_of(element: Union[FileMetadata, str]) -> str:
-    return element.path if isinstance(element, FileMetadata) else element
-
-
-def read_uri_column(readable_file) -> List[str]:
-    """The `uri` column of one finished output file (for --resume)."""
-    from transforms.schema import read_columns  # pylint: disable=import-outside-toplevel
-    with readable_file.open() as handle:
-        return read_columns(handle, ["uri"]).column("uri").to_pylist()
-
-
-class _KeepUnfinished(beam.DoFn):
-    """After CoGroupByKey on the URI: keep one input element per URI, unless
-    the URI is already in a finished output file."""
-
-    def __init__(self):
-        self._skipped = Metrics.counter(METRICS_NAMESPACE,
-                                        "images_skipped_done")
-
-    def process(self, keyed):
-        _, groups = keyed
-        inputs, done = list(groups["inputs"]), list(groups["done"])
-        if not inputs:
-            return
-        if done:
-            self._skipped.inc()
-            tally.add("skipped")
-            return
-        yield inputs[0]
-
-
-class ReadImages(beam.PTransform):
-    """Read every input image's bytes, keyed by URI.
-
-    Exactly one of `file_pattern` (a glob on any Beam filesystem) or
-    `manifest` (a text/CSV file of URIs, itself on any Beam filesystem) is
-    given. Returns a dict of PCollections: "images" (ImageBytes) and
-    ERRORS_TAG (ErrorRecord).
-
-    `exclude_outputs`: globs of finished Parquet files whose `uri` column
-    lists images not to read again (resuming a run). Matching nothing is
-    fine.
-
-    Matched files are reshuffled so that reading and everything fused after
-    it spreads over all workers (the match itself is a single element);
-    manifest URIs are de-duplicated, which also redistributes them. With
-    `spread=False` (one local worker: nothing to spread) matched files go
-    straight to reading, so it starts as the glob lists them instead of
-    after a shuffle of every URI.
-    """
-
-    def __init__(self, file_pattern: Optional[str] = None,
-                 manifest: Optional[str] = None, *,
-                 max_bytes: int, allowed_schemes: Iterable[str],
-                 exclude_outputs: Sequence[str] = (), threads: int = 1,
-                 spread: bool = True):
-        super().__init__()
-        self._threads = threads
-        self._spread = spread
-        if (file_pattern is None) == (manifest is None):
-            raise ValueError("give exactly one of file_pattern or manifest")
-        self._file_pattern = file_pattern
-        self._manifest = manifest
-        self._max_bytes = max_bytes
-        self._allowed_schemes = tuple(allowed_schemes)
-        self._exclude_outputs = tuple(exclude_outputs)
-
-    def expand(self, pbegin):
-        if self._file_pattern is not None:
-            files = pbegin | "MatchFiles" >> fileio.MatchFiles(
-                self._file_pattern)
-            if self._spread or self._exclude_outputs:
-                # Plain URIs from here: cheaper to shuffle than FileMetadata.
-                # (Sizes are enforced while reading: at most max_bytes + 1.)
-                files = files | "Paths" >> beam.Map(
-                    lambda metadata: metadata.path)
-        else:
-            files = (pbegin
-                     | "ReadManifest" >> beam.io.ReadFromText(self._manifest)
-                     | "ParseManifest" >> beam.FlatMap(
-                         lambda line: [u] if (u := parse_manifest_line(line))
-                         else []))
-        if self._exclude_outputs:
-            files = self._without_finished(pbegin, files)
-        elif self._file_pattern is not None:
-            if self._spread:
-                files = files | "Spread" >> beam.Reshuffle()
-        else:
-            files = files | "Deduplicate" >> beam.Distinct()
-        results = files | "ReadBytes" >> threaded_pardo(
-            ReadImageBytes(self._max_bytes, self._allowed_schemes,
-                           self._threads)
-        ).with_outputs(ERRORS_TAG, main="images")
-        return {"images": results.images, ERRORS_TAG: results[ERRORS_TAG]}
-
-    def _without_finished(self, pbegin, files):
-        """Anti-join on the URI; also de-duplicates and redistributes."""
-        done = (pbegin
-                | "FinishedOutputs" >> beam.Create(self._exclude_outputs)
-                | "MatchFinished" >> fileio.MatchAll(
-                    fileio.EmptyMatchTreatment.ALLOW)
-                | "OpenFinished" >> fileio.ReadMatches()
-                | "FinishedUris" >> beam.FlatMap(read_uri_column)
-                | "KeyDone" >> beam.Map(lambda uri: (uri, None)))
-        keyed = files | "KeyInputs" >> beam.Map(lambda e: (_uri_of(e), e))
-        return ({"inputs": keyed, "done": done}
-                | "JoinFinished" >> beam.CoGroupByKey()
-                | "KeepUnfinished" >> beam.ParDo(_KeepUnfinished()))

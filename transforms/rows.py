@@ -2,14 +2,10 @@
 Arrow RecordBatch (columns built from the batch's arrays, not per image)."""
 from __future__ import annotations
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
-from transforms import tally
-from transforms.errors import METRICS_NAMESPACE
 from transforms.schema import LABELS_SCHEMA
 
 
@@ -53,27 +49,3 @@ def label_batch(result: PredictionResult, backend: str = "tf"
     }
     return pa.RecordBatch.from_arrays([columns[f.name] for f in schema],
                                       schema=schema)
-
-
-class ToLabelRows(beam.PTransform):
-    """PCollection[PredictionResult] → PCollection[pa.RecordBatch]
-    (LABELS_SCHEMA), one per classified batch."""
-
-    def __init__(self, backend: str = "tf"):
-        super().__init__()
-        self._backend = backend
-
-    def expand(self, results):
-        return results | "ToRows" >> beam.ParDo(_ToLabelRows(self._backend))
-
-
-class _ToLabelRows(beam.DoFn):
-    def __init__(self, backend: str):
-        self._backend = backend
-        self._labeled = Metrics.counter(METRICS_NAMESPACE, "images_labeled")
-
-    def process(self, result: PredictionResult):
-        rows = label_batch(result, self._backend)
-        self._labeled.inc(rows.num_rows)
-        tally.add("labeled", rows.num_rows)
-        yield rows

@@ -41,8 +41,7 @@ from apache_beam.utils import retry
 
 from transforms.errors import ErrorRecord
 from transforms.labeling import merge_counts
-from transforms.manifest import (SUCCESS_FILE, output_path, read_manifest,
-                                 write_manifest)
+from transforms.manifest import output_path, read_manifest, write_manifest
 from transforms.schema import (ERRORS_PREFIX, ERRORS_SCHEMA, LABELS_PREFIX,
                                LABELS_SCHEMA, PARQUET_SUFFIX,
                                dictionary_columns, error_row,
