@@ -76,17 +76,20 @@ def absolute_from(uri: str, base: str) -> str:
 
 def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
           run_id: str, loader: ModelLoader,
-          details: Optional[Dict[str, Any]] = None) -> None:
+          details: Optional[Dict[str, Any]] = None,
+          source: Optional[beam.PTransform] = None) -> None:
     """Add the labeling transforms to `pipeline`; files are named by run_id.
-    `loader` is what workers load (the backend the launch checks chose)."""
+    `loader` is what workers load (the backend the launch checks chose);
+    `source` (PBegin → PCollection[str] of URIs) replaces the config's glob
+    or manifest."""
     handler = ClassifierHandler(loader, labels, model_id=config.model,
                                 top_k=config.top_k)
     done, kept = None, []
     if config.resume:
         committed = pipeline | "ReadCommitted" >> ReadCommitted(config.output)
         done, kept = committed["uris"], [committed[RECORDS_TAG]]
-    uris = pipeline | "InputUris" >> input_spec(config).uris()
-    if config.input_manifest:
+    uris = pipeline | "InputUris" >> (source or input_spec(config).uris())
+    if config.input_manifest and source is None:
         uris = uris | "Absolute" >> beam.Map(absolute_from, os.getcwd())
     records = (uris
                | "ChunkUris" >> ChunkUris(config.rows_per_file, done)

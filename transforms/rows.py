@@ -2,6 +2,8 @@
 Arrow RecordBatch (columns built from the batch's arrays, not per image)."""
 from __future__ import annotations
 
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
 import numpy as np
 import pyarrow as pa
 from apache_beam.ml.inference.base import PredictionResult
@@ -21,31 +23,53 @@ def _repeated(value, rows: int, value_type: pa.DataType) -> pa.Array:
     return pa.array([value] * rows, type=value_type)
 
 
-def label_batch(result: PredictionResult, backend: str = "tf"
-                ) -> pa.RecordBatch:
-    """PredictionResult(DecodedBatch.facts, Classifications) → LABELS_SCHEMA
-    rows."""
-    images, answers = result.example, result.inference
-    rows = len(images)
-    schema = LABELS_SCHEMA
-    embedding_type = schema.field("embedding").type
-    columns = {
-        "uri": pa.array(images.uris, type=pa.string()),
-        "label": pa.array(answers.top_k_labels[:, 0], type=pa.string()),
-        "score": pa.array(answers.top_k_scores[:, 0], type=pa.float32()),
-        "top_k_indices": _lists(answers.top_k_indices, pa.int32()),
-        "top_k_labels": _lists(answers.top_k_labels, pa.string()),
-        "top_k_scores": _lists(answers.top_k_scores, pa.float32()),
-        "embedding": (pa.nulls(rows, embedding_type)
-                      if answers.embeddings is None else
-                      _lists(answers.embeddings, pa.float32())),
-        "width": pa.array(images.widths, type=pa.int32()),
-        "height": pa.array(images.heights, type=pa.int32()),
-        "format": pa.array(images.formats, type=pa.string()),
-        "model": _repeated(result.model_id, rows, pa.string()),
-        "backend": _repeated(backend, rows, pa.string()),
-        "labeled_at": _repeated(answers.labeled_at, rows,
-                                schema.field("labeled_at").type),
-    }
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema],
-                                      schema=schema)
+class Classified(NamedTuple):
+    """What a labels column is computed from: one classified batch."""
+    images: Any        # DecodedBatch facts: uris, widths, heights, formats
+    answers: Any       # Classifications
+    model_id: str
+    backend: str
+
+    @property
+    def rows(self) -> int:
+        return len(self.images)
+
+
+def _field(name: str) -> pa.DataType:
+    return LABELS_SCHEMA.field(name).type
+
+
+#: How each column of LABELS_SCHEMA is computed from a classified batch.
+#: Adding a column: its field in LABELS_SCHEMA and its entry here.
+COLUMNS: Dict[str, Callable[[Classified], pa.Array]] = {
+    "uri": lambda c: pa.array(c.images.uris, type=pa.string()),
+    "label": lambda c: pa.array(c.answers.top_k_labels[:, 0],
+                                type=pa.string()),
+    "score": lambda c: pa.array(c.answers.top_k_scores[:, 0],
+                                type=pa.float32()),
+    "top_k_indices": lambda c: _lists(c.answers.top_k_indices, pa.int32()),
+    "top_k_labels": lambda c: _lists(c.answers.top_k_labels, pa.string()),
+    "top_k_scores": lambda c: _lists(c.answers.top_k_scores, pa.float32()),
+    "embedding": lambda c: (
+        pa.nulls(c.rows, _field("embedding"))
+        if c.answers.embeddings is None else
+        _lists(c.answers.embeddings, pa.float32())),
+    "width": lambda c: pa.array(c.images.widths, type=pa.int32()),
+    "height": lambda c: pa.array(c.images.heights, type=pa.int32()),
+    "format": lambda c: pa.array(c.images.formats, type=pa.string()),
+    "model": lambda c: _repeated(c.model_id, c.rows, pa.string()),
+    "backend": lambda c: _repeated(c.backend, c.rows, pa.string()),
+    "labeled_at": lambda c: _repeated(c.answers.labeled_at, c.rows,
+                                      _field("labeled_at")),
+}
+
+
+def label_batch(result: PredictionResult, backend: str = "tf",
+                schema: Optional[pa.Schema] = None) -> pa.RecordBatch:
+    """PredictionResult(DecodedBatch.facts, Classifications) → rows of
+    `schema` (default LABELS_SCHEMA), each column from COLUMNS."""
+    schema = schema or LABELS_SCHEMA
+    classified = Classified(result.example, result.inference,
+                            result.model_id, backend)
+    return pa.RecordBatch.from_arrays(
+        [COLUMNS[field.name](classified) for field in schema], schema=schema)
