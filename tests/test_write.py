@@ -1,7 +1,8 @@
 """The chunk writer (transforms/write.py) driven directly, without Beam: rows
-stream into the chunk's file under _incomplete/ a row group at a time, every
-committed file holds exactly rows_per_file rows, and a failing stream falls
-back to writing the chunk whole."""
+stream into the attempt's file under _incomplete/ a row group at a time, the
+commit publishes files named by run, chunk and attempt with a commit record,
+a failing stream falls back to writing the file whole, and an attempt that
+commits after the run's finish began removes what it published."""
 from __future__ import annotations
 
 import datetime
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import LABELS_FILE, photo_paths
 from transforms import write
+from transforms.errors import ErrorRecord
 from transforms.schema import LABELS_SCHEMA
 
 BATCH = 64
@@ -44,65 +46,52 @@ def _label_batches(n_rows: int) -> List[pa.RecordBatch]:
             for i in range(0, n_rows, BATCH)]
 
 
-def _run_writer(output: Path, batches: List[pa.RecordBatch],
-                rows_per_file: int, on_batch=None) -> List[str]:
-    writer = write._WriteChunks(str(output), "labels", LABELS_SCHEMA, "run",
-                                rows_per_file)
-    writer.start_bundle()
-    committed = []
+def _write_chunk(output: Path, batches: List[pa.RecordBatch],
+                 errors=(), on_batch=None, attempt=None):
+    writer = write.ChunkWriter(str(output), "run", "c000001", attempt)
     for index, batch in enumerate(batches):
-        committed.extend(writer.process(batch))
+        writer.add_rows(batch)
         if on_batch:
             on_batch(index)
-    committed.extend(v.value for v in writer.finish_bundle())
-    writer.teardown()
-    return committed
+    writer.add_errors(errors)
+    return writer, writer.commit({"labeled": sum(b.num_rows for b in batches),
+                                  "failed": len(errors)})
 
 
-def test_rows_stream_into_row_groups_and_every_file_is_full(tmp_path):
-    batches = _label_batches(2560)
-    rows_per_file = 2500
-    incomplete_sizes = []
+def test_rows_stream_into_row_groups_and_commit_under_the_attempts_name(
+        tmp_path):
+    batches = _label_batches(2500)
+    seen_incomplete = []
 
-    def look_at_incomplete(index):
-        files = list((tmp_path / write.INCOMPLETE_DIR).glob("*"))
-        incomplete_sizes.append(sum(f.stat().st_size for f in files))
-
-    committed = _run_writer(tmp_path, batches, rows_per_file,
-                            look_at_incomplete)
-
-    # Written as the rows came: the file under _incomplete/ grew mid-chunk,
-    # before the chunk was complete (batch 39 completes it).
-    assert incomplete_sizes[14] == 0  # 960 rows: none written yet
-    assert 0 < incomplete_sizes[15] < incomplete_sizes[31]  # 1,024; 2,048
-    assert len(committed) == 2
+    def look(index):
+        seen_incomplete.append(len(list(
+            (tmp_path / write.INCOMPLETE_DIR).glob("*"))))
+    writer, record = _write_chunk(tmp_path, batches, on_batch=look)
+    name = f"labels-run-c000001-{writer.attempt}.parquet"
+    assert record["files"] == [name]
+    assert seen_incomplete[0] == 0 and seen_incomplete[-1] == 1  # streamed
+    table = pq.read_table(tmp_path / name)
+    assert table.equals(pa.Table.from_batches(batches, LABELS_SCHEMA))
+    assert pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 3
+    assert write.parse_file_name(name) == write.ChunkFile(
+        "labels", "run", "c000001", writer.attempt)
+    assert write.read_record(write.record_path(
+        str(tmp_path), "run", "c000001", writer.attempt)) == record
     assert not list((tmp_path / write.INCOMPLETE_DIR).glob("*"))
-    expected = pa.Table.from_batches(batches, LABELS_SCHEMA)
-    first, rest = (pq.ParquetFile(path) for path in committed)
-    assert first.metadata.num_rows == rows_per_file
-    assert [first.metadata.row_group(i).num_rows
-            for i in range(first.num_row_groups)] == [1024, 1024, 452]
-    assert rest.metadata.num_rows == 60
-    # Statistics for the columns a reader filters on, none for the
-    # embedding; dictionaries for the repetitive strings only.
-    group = first.metadata.row_group(0)
-    columns = {group.column(i).path_in_schema: group.column(i)
-               for i in range(group.num_columns)}
-    assert columns["score"].statistics.has_min_max
-    assert columns["width"].statistics.has_min_max
-    assert columns["embedding.list.element"].statistics is None
-    assert "RLE_DICTIONARY" in columns["label"].encodings
-    assert "RLE_DICTIONARY" not in columns["uri"].encodings
-    assert "RLE_DICTIONARY" not in columns["embedding.list.element"].encodings
-    read_back = pa.concat_tables([first.read(), rest.read()])
-    assert read_back.equals(expected)
-    # The name's digest is that of the chunk's URIs, as before streaming.
-    assert Path(committed[0]).name == Path(write._chunk_path(
-        str(tmp_path), "labels", "run",
-        expected.column("uri").to_pylist()[:rows_per_file])).name
 
 
-def test_a_failing_stream_falls_back_to_writing_the_chunk_whole(
+def test_errors_get_their_own_file_in_the_same_commit(tmp_path):
+    errors = [ErrorRecord(f"/x/{i}.jpg", "decode", "OSError", "broken")
+              for i in range(3)]
+    writer, record = _write_chunk(tmp_path, _label_batches(10), errors)
+    assert sorted(record["files"]) == [
+        f"errors-run-c000001-{writer.attempt}.parquet",
+        f"labels-run-c000001-{writer.attempt}.parquet"]
+    table = pq.read_table(tmp_path / sorted(record["files"])[0])
+    assert table.column("uri").to_pylist() == [e.uri for e in errors]
+
+
+def test_a_failing_stream_falls_back_to_writing_the_file_whole(
         tmp_path, monkeypatch, caplog):
     batches = _label_batches(1500)
     calls = []
@@ -115,31 +104,34 @@ def test_a_failing_stream_falls_back_to_writing_the_chunk_whole(
         original(self, table)
 
     monkeypatch.setattr(write._StreamedFile, "write", flaky_write)
-    committed = _run_writer(tmp_path, batches, rows_per_file=5000)
-
+    _, record = _write_chunk(tmp_path, batches)
     assert calls == [1024]  # no further streaming after the failure
     assert "will be written whole" in caplog.text
-    assert len(committed) == 1
     assert not list((tmp_path / write.INCOMPLETE_DIR).glob("*"))
-    assert pq.read_table(committed[0]).equals(
+    assert pq.read_table(tmp_path / record["files"][0]).equals(
         pa.Table.from_batches(batches, LABELS_SCHEMA))
 
 
-def test_a_chunk_written_again_replaces_its_first_copy(tmp_path):
-    batches = _label_batches(300)
-    first = _run_writer(tmp_path, batches, rows_per_file=5000)
-    again = _run_writer(tmp_path, batches, rows_per_file=5000)
-    assert first == again
-    assert [p.name for p in tmp_path.glob("labels-*.parquet")] == \
-        [Path(first[0]).name]
-    assert pq.read_table(first[0]).num_rows == 300
+def test_an_attempt_committing_after_the_finish_began_leaves_nothing(
+        tmp_path):
+    write._write_bytes(write.finishing_path(str(tmp_path), "run"), b"")
+    _, record = _write_chunk(tmp_path, _label_batches(100))
+    assert record is None
+    assert not list(tmp_path.glob("*.parquet"))
+    assert not list((tmp_path / write.ATTEMPTS_DIR).glob("*.json"))
+
+
+def test_resume_keeps_one_committed_attempt_per_chunk(tmp_path):
+    for attempt in ("b0", "a1", "c2"):
+        _write_chunk(tmp_path, _label_batches(5), attempt=attempt)
+    kept = write.committed_records(str(tmp_path))
+    assert [Path(p).name for p in kept] == ["run-c000001-a1.json"]
 
 
 @pytest.mark.parametrize("schema_name", ["LABELS_SCHEMA", "ERRORS_SCHEMA"])
-def test_an_empty_table_commits_a_readable_file(tmp_path, schema_name):
+def test_an_empty_table_writes_a_readable_file(tmp_path, schema_name):
     schema = getattr(write, schema_name)
     final = str(tmp_path / "empty.parquet")
-    write._commit(schema.empty_table(),
-                  str(tmp_path / write.INCOMPLETE_DIR / "x"), final)
+    write._write_whole(schema.empty_table(), final)
     table = pq.read_table(final)
     assert table.num_rows == 0 and table.schema.equals(schema)
