@@ -5,6 +5,8 @@ import io
 import os
 import re
 
+import pytest
+
 from pipeline.progress import (ProgressReporter, errors_by_type,
                                progress_line, summary_lines, top_labels)
 from tests.conftest import LABELS_FILE, PHOTOS_DIR, EDGE_DIR, run_cli
