@@ -197,6 +197,21 @@ def test_resume_with_nothing_left_says_so(first_run):
     assert "images/s" not in result.stderr
 
 
+@pytest.mark.slow
+def test_worker_processes_are_quiet_too(tmp_path, standin_tf1):
+    """Worker processes import TensorFlow themselves; their start-up lines
+    stay off the console as well."""
+    result = run_cli(["--input", str(PHOTOS_DIR / "n015*.JPEG"), "--output",
+                      str(tmp_path / "out"), "--model", standin_tf1,
+                      "--labels", str(LABELS_FILE), "--backend", "tf",
+                      "--direct_running_mode", "multi_processing",
+                      "--direct_num_workers", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [l for l in result.stderr.splitlines() if _NOISE.search(l)]
+    assert noise == [], result.stderr
+    assert "labeled       2" in result.stderr
+
+
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 

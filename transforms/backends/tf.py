@@ -23,6 +23,7 @@ from transforms.backends.base import (IMAGE_SHAPE, ImageClassifier,
                                       ModelLoader, ModelLoadError, Prepared,
                                       probe)
 from transforms.backends.handles import resolve_handle
+from transforms.native_log import quiet_tensorflow_import
 
 NAME = "tf"
 CLASSIFICATION_SIGNATURE = "image_classification"
@@ -33,6 +34,7 @@ _LOGGER = logging.getLogger(__name__)
 
 def _import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_import()  # in worker processes too
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tensorflow_hub as hub  # pylint: disable=import-outside-toplevel
     _share_cores(tf)
