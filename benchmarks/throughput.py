@@ -200,61 +200,38 @@ def measure_model(model: str, backend: str, batch: int = 64,
 
 def measure_plain_loop(corpus: Path, output: Path, model: str, backend: str,
                        config, cache_dir: Optional[str] = None) -> float:
-    """(d0): images/s of the job's own plain functions on the corpus in a
-    loop, without Beam, with the job's options (`config`, a JobConfig):
-    list the files, then per chunk of --rows_per_file files: read and
-    decode on the job's decode threads (transforms.labeling.pipelined, as
-    the job's chunk DoFn), classify through the job's model handler on this
-    thread, rows, and the chunk's Parquet files through the job's writer.
+    """(d0): images/s of the job's own chunk step on the corpus, called in a
+    plain loop without a Beam runner, with the job's options (`config`, a
+    JobConfig): list the files, group them into the job's chunks, and for
+    each chunk the DoFn the job applies (read and decode on its threads,
+    classify, rows, Parquet, commit).
 
-    Timed from the listing to the last commit; the module is loaded before,
-    as the job's launch checks load it before it labels."""
+    Timed from the listing to the last commit; the DoFn's setup (the model
+    load) comes before, as the job's launch checks load the model before it
+    labels."""
+    from pipeline import job
     from transforms import backends
     from transforms.classify import ClassifierHandler
-    from transforms.imaging import (DECODE_THREAD_NICENESS, ImageBytes,
-                                    decode_batch, warm_up)
-    from transforms.label_chunks import batches_in_flight
-    from transforms.labeling import ChunkCounts, batches_of, pipelined
-    from transforms.read import read_file_bytes
-    from transforms.rows import label_batch
-    from transforms.threaded import lower_this_thread_priority
-    from transforms.write import ChunkWriter
+    from transforms.label_chunks import _LabelChunk, chunk_count, chunk_of
+    config = dataclasses.replace(config, input=f"{corpus}/*.JPEG",
+                                 output=str(output))
     loader = backends.prepare(backend, model, None, cache_dir,
                               config.inference_threads).local
     handler = ClassifierHandler(loader, LABELS.read_text().splitlines(),
                                 model_id=model, top_k=config.top_k)
-    classifier = handler.load_model()
-    warm_up()
-    settings = config.decode_settings()
-
-    def prepare(uris):
-        return decode_batch([ImageBytes(u, read_file_bytes(
-            u, config.max_file_bytes)) for u in uris], settings)
-
-    def classify(prepared):
-        decoded, errors = prepared
-        return label_batch(handler.run_inference(decoded, classifier)[0],
-                           backend), errors
-
-    labeled = 0
-    with concurrent.futures.ThreadPoolExecutor(
-            config.decode_threads, initializer=lower_this_thread_priority,
-            initargs=(DECODE_THREAD_NICENESS,)) as pool:
-        start = time.perf_counter()
-        files = sorted(glob.glob(str(corpus / "*.JPEG")))
-        for number, chunk in enumerate(batches_of(files,
-                                                  config.rows_per_file)):
-            writer = ChunkWriter(str(output), "plainloop", f"c{number:06d}")
-            for rows, errors in pipelined(
-                    batches_of(chunk, config.max_batch_size), prepare,
-                    classify, pool, batches_in_flight(config.decode_threads)):
-                writer.add_rows(rows)
-                if errors:
-                    writer.add_errors(errors)
-                labeled += rows.num_rows
-            writer.commit(ChunkCounts.of(writer.rows,
-                                         writer.errors)._asdict())
-        rate = labeled / (time.perf_counter() - start)
+    # The job's chunk DoFn itself: d/d0 is then what the runner adds.
+    step = _LabelChunk(job.chunk_settings(config, "plainloop", backend),
+                       handler)
+    step.setup()
+    start = time.perf_counter()
+    files = sorted(glob.glob(config.input))
+    count = chunk_count(len(files), config.rows_per_file)
+    chunks: Dict[str, List[str]] = {}
+    for uri in files:
+        chunks.setdefault(chunk_of(uri, count), []).append(uri)
+    labeled = sum(record["labeled"] for chunk in sorted(chunks)
+                  for record in step.process((chunk, chunks[chunk])))
+    rate = labeled / (time.perf_counter() - start)
     if labeled != len(files):
         raise RuntimeError(f"plain loop labeled {labeled} of {len(files)}")
     return rate

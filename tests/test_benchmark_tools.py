@@ -74,11 +74,12 @@ def test_streamed_rate_submits_a_task_as_each_finishes():
         return 1
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        _streamed_rate(pool, 2, work, ["long"] + ["short"] * 9, seconds=20,
+        _streamed_rate(pool, 2, work, ["long"] + ["short"] * 30, seconds=20,
                        clock=lambda: ticks[0])
     assert waited and waited[0]
 
 
+@pytest.mark.slow
 def test_plain_loop_labels_every_corpus_image_once(tmp_path, standin_tf1,
                                                    monkeypatch):
     """(d0) does the job's work: one row per corpus file, with the labels
