@@ -253,6 +253,21 @@ def test_local_inputs_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     assert absolute_uri("s3://b/x.jpg") == "s3://b/x.jpg"
 
 
+def test_relative_manifest_lines_are_taken_from_the_current_directory(
+        tmp_path, monkeypatch):
+    from transforms.sources import manifest_uris
+    manifest = tmp_path / "lists" / "inputs.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("uri,note\nphotos/a.jpg,x\n../b.jpg\n"
+                        "/abs/c.jpg\ngs://bucket/d.jpg\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert list(manifest_uris(str(manifest))) == [
+        str(work / "photos" / "a.jpg"), str(tmp_path / "b.jpg"),
+        "/abs/c.jpg", "gs://bucket/d.jpg"]
+
+
 # ---------------------------------------------------------------------------
 # Help and the config
 # ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.errors import METRICS_NAMESPACE
+from transforms.uris import absolute_uri
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def parse_manifest_line(line: str) -> Optional[str]:
 
     A manifest is plain text (one URI per line) or CSV whose first column is
     the URI; a header whose first field is e.g. "uri" or "path" is skipped.
+    A relative local path is made absolute against the current directory
+    (transforms.uris.absolute_uri), so the output names each image fully.
     """
     line = line.strip()
     if not line or line.startswith("#"):
@@ -57,7 +60,7 @@ def parse_manifest_line(line: str) -> Optional[str]:
     first = next(csv.reader([line]), [""])[0].strip()
     if not first or first.lower() in _MANIFEST_HEADERS:
         return None
-    return first
+    return absolute_uri(first)
 
 
 def uri_scheme(uri: str) -> str:
