@@ -133,7 +133,9 @@ def test_duckdb_reads_the_output(mixed_run):
 
 def test_pipeline_output_equals_direct_module_call(mixed_run, standin_tf1):
     """Parquet scores and embeddings equal the module's own signatures on
-    the same preprocessed tensor (≤ 1e-5)."""
+    the same preprocessed tensor: ≤ 1e-5 with tf; with xnnpack (what the
+    default `auto` picks once its parity gate passes) within the gate's
+    bound on probabilities, 1e-3."""
     import tensorflow as tf
     import tensorflow_hub as hub
     from transforms.classify import softmax
@@ -150,11 +152,14 @@ def test_pipeline_output_equals_direct_module_call(mixed_run, standin_tf1):
     features = module.signatures["image_feature_vector"](
         images=tf.constant(batch))["default"].numpy()
     probs = softmax(logits)
+    assert {rows[p]["backend"] for p in paths} == {"xnnpack"}
     for i, path in enumerate(paths):
         row = rows[path]
-        assert np.abs(np.array(row["embedding"]) - features[i]).max() <= 1e-5
+        tolerance = 1e-5 if row["backend"] == "tf" else 1e-3
+        assert np.abs(np.array(row["embedding"]) - features[i]).max() <= \
+            tolerance * max(1.0, np.abs(features[i]).max())
         assert np.abs(np.array(row["top_k_scores"])
-                      - probs[i, row["top_k_indices"]]).max() <= 1e-5
+                      - probs[i, row["top_k_indices"]]).max() <= tolerance
         assert row["top_k_indices"][0] == int(np.argmax(probs[i]))
 
 

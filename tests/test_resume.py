@@ -114,7 +114,7 @@ def test_resume_of_a_finished_run_labels_nothing(standin_tf1, tmp_path):
     assert run_cli(args).returncode == 0
     again = run_cli(args + ["--resume"])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "already done  6" in again.stderr
+    assert "nothing to do: all 6 inputs are already in" in again.stderr
     assert read_parquet_dir(str(tmp_path / "out"), "labels").num_rows == 6
     both = run_cli(args + ["--resume", "--overwrite"])
     assert both.returncode == 2 and "give one" in both.stderr
