@@ -107,6 +107,9 @@ def _no_credentials_env(tmp_path) -> dict:
       "--output", "gs://labeler-test-bucket/out"], "--output gs://"),
     (["--input", str(PHOTOS_DIR / "*.JPEG"), "--output", "{tmp}/out",
       "--model", "gs://labeler-test-bucket/module"], "--model gs://"),
+    (["evaluate", "--input", "gs://labeler-test-bucket/truth.csv"],
+     "--input gs://"),
+    (["report", "gs://labeler-test-bucket/out"], "OUTPUT_DIR gs://"),
 ])
 def test_cloud_paths_without_credentials_fail_at_once(tmp_path, flags, named):
     """Beam would retry the credential lookup, then every request, for
