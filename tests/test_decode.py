@@ -55,7 +55,6 @@ def reference_from_jpeg(tf, data: bytes) -> np.ndarray:
                                 .numpy())
 
 
-@pytest.mark.slow
 def test_central_crop_box_matches_tf(tf):
     for width, height in [(500, 375), (375, 500), (17, 16), (1, 1), (2, 1),
                           (1800, 1200), (96, 96)]:
@@ -65,7 +64,6 @@ def test_central_crop_box_matches_tf(tf):
         assert (left, top) == (int(width / 16), int(height / 16))
 
 
-@pytest.mark.slow
 def test_preprocessing_matches_tf_reference_on_every_photo(tf):
     """Per image mean |Δ| ≤ 1.5/255 (the requirement); the decoder uses the
     same IDCT as tf.io.decode_jpeg, so the match is in fact float-exact."""
@@ -91,7 +89,6 @@ def test_preprocessing_matches_tf_reference_on_every_photo(tf):
     assert np.max(maxes) < 1e-3  # float rounding only
 
 
-@pytest.mark.slow
 def test_fast_jpeg_mode_is_close_but_not_identical(tf):
     fast = DecodeSettings(max_pixels=SETTINGS.max_pixels,
                           allowed_formats=ALL_FORMATS, fast_jpeg=True)
@@ -106,7 +103,6 @@ def test_fast_jpeg_mode_is_close_but_not_identical(tf):
     assert 0 < np.mean(deviations) < 20
 
 
-@pytest.mark.slow
 def test_exif_orientations_give_the_same_upright_tensor(tf):
     """Landscape_1..8 store one photo in the 8 EXIF orientations (each also
     has its own digit drawn on it and was re-encoded, hence a tolerance).
@@ -140,7 +136,6 @@ def _exif_upright(data: bytes, tf) -> Image.Image:
     return ImageOps.exif_transpose(stored)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["16bit.deflate.tif", "i_trns.png",
                                   "basn2c16.png", "basn6a16.png"])
 def test_sixteen_bit_images_match_their_8bit_rendering(tf, name):
