@@ -310,11 +310,14 @@ class ProcessRun:
     def output(self) -> str:
         return "".join(line for _, line in self.lines)
 
-    def time_of(self, pattern: str) -> float:
+    def time_of(self, pattern: str, required: bool = True
+                ) -> Optional[float]:
         """When the first line matching `pattern` arrived."""
         for arrived, line in self.lines:
             if re.search(pattern, line):
                 return arrived
+        if not required:
+            return None
         raise RuntimeError(f"no line matches {pattern!r}:\n"
                            f"{self.output[-2000:]}")
 
@@ -356,10 +359,17 @@ def startup_split(run: ProcessRun, output: Path, run_id: str
     if not records:
         raise RuntimeError(f"no commit records of run {run_id} in {output}")
     last_commit = max(os.stat(r).st_mtime for r in records)
-    return {"imports_s": checks - run.started,
-            "launch_checks_s": labeling - checks,
-            "labeling_s": last_commit - labeling,
-            "finish_s": run.ended - last_commit}
+    split = {"imports_s": checks - run.started,
+             "launch_checks_s": labeling - checks,
+             "labeling_s": last_commit - labeling,
+             "finish_s": run.ended - last_commit}
+    # Labeling in two: the runner's start (building the graph, listing and
+    # grouping the files) up to the chunk step's setup, then the chunks.
+    setup = run.time_of(r"model .* in process \d+", required=False)
+    if setup is not None:
+        split["runner_start_s"] = setup - labeling
+        split["chunks_s"] = last_commit - setup
+    return split
 
 
 def run_job(corpus: Path, out: Path, model: str, extra: List[str],
@@ -603,8 +613,10 @@ def _trials(figures: Dict, key: str) -> str:
 
 
 def _split(run: Dict) -> str:
+    inside = (f" (runner start {run['runner_start_s']:.1f} + chunks "
+              f"{run['chunks_s']:.1f})" if "chunks_s" in run else "")
     return (f"{run['imports_s']:.1f} / {run['launch_checks_s']:.1f} / "
-            f"{run['labeling_s']:.1f} / {run['finish_s']:.1f} s "
+            f"{run['labeling_s']:.1f}{inside} / {run['finish_s']:.1f} s "
             f"(whole process {run['wall_s']:.1f} s)")
 
 
@@ -681,6 +693,13 @@ def plain_table(rows: List[Tuple[str, str]]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _runner_part(job: Dict) -> str:
+    if "chunks_s" not in job:
+        return ""
+    return (f" (runner start {job['runner_start_s']:.1f} s, chunks "
+            f"{job['chunks_s']:.1f} s)")
+
+
 def target_rows(f: Dict) -> List[Tuple[str, str]]:
     """Each target with its figure, met or not, and what the figure is made
     of: d/c = d0/c × d/d0; whole process/c = steady d/c × the labeling's
@@ -690,8 +709,9 @@ def target_rows(f: Dict) -> List[Tuple[str, str]]:
     loop_s = job["labeled"] / f["plain_loop_ips"]
     made_of_steady = (f"at N: d0/c {r['loop_ceiling']:.2f}, d/d0 "
                       f"{r['steady_loop']:.2f} (d/c {r['steady_ceiling']:.2f})"
-                      f"; the runner's labeling took {job['labeling_s']:.1f} s"
-                      f" where the loop took {loop_s:.1f} s")
+                      f"; the job's labeling took {job['labeling_s']:.1f} s"
+                      f"{_runner_part(job)} where the loop took "
+                      f"{loop_s:.1f} s")
     share = job["labeling_s"] / job["wall_s"]
     made_of_process = (
         f"steady d/c {r['steady_ceiling']:.2f} × labeling's share of the "
