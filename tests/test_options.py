@@ -25,30 +25,6 @@ def test_defaults_are_the_model_card_handles():
     assert direct.direct_num_workers >= 1
 
 
-def _transform_labels(flags) -> set:
-    """Full labels of every transform the job builds with these flags."""
-    import apache_beam as beam
-    from pipeline import job
-    args, options = parse_args(BASE + flags)
-    pipeline = beam.Pipeline(options=options)
-    job.build(pipeline, args, ["background", "tench"], "run0")
-    return {t.unique_name for t in
-            pipeline.to_runner_api().components.transforms.values()}
-
-
-@pytest.mark.parametrize("flags, spread", [
-    ([], False),  # one local worker: the glob goes straight to reading
-    (["--direct_num_workers", "2"], True),
-    (["--direct_running_mode", "multi_processing"], True),
-    (["--runner", "PortableRunner", "--job_endpoint", "localhost:1"], True),
-])
-def test_matched_files_are_spread_over_workers_unless_there_is_one(
-        flags, spread):
-    labels = _transform_labels(flags)
-    assert "ReadImages/ReadBytes" in labels
-    assert ("ReadImages/Spread" in labels) == spread, sorted(labels)
-
-
 def test_config_sets_values_and_flags_override(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("top_k: 3\nmax_batch_size: 32\nfast_jpeg: true\n"
