@@ -322,14 +322,16 @@ class ProcessRun:
                            f"{self.output[-2000:]}")
 
 
-def run_measured(cmd: List[str], log_path: Path) -> ProcessRun:
+def run_measured(cmd: List[str], log_path: Path,
+                 env: Optional[Dict[str, str]] = None) -> ProcessRun:
     """Run a command to its end; its output goes to `log_path`."""
     lines: List[Tuple[float, str]] = []
     with open(log_path, "w") as log:
         started = time.time()
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-                                   text=True, errors="replace")
+                                   text=True, errors="replace",
+                                   env={**os.environ, **(env or {})})
         memory = PeakMemory(process.pid)
         for line in process.stdout:
             lines.append((time.time(), line))
@@ -372,14 +374,38 @@ def startup_split(run: ProcessRun, output: Path, run_id: str
     return split
 
 
+def job_command(corpus: Path, out: Path, model: str, extra: List[str]
+                ) -> List[str]:
+    return [sys.executable, "-m", "pipeline", "--input", f"{corpus}/*.JPEG",
+            "--output", str(out), "--overwrite", "--model", model,
+            "--labels", str(LABELS), *extra]
+
+
+def import_times(corpus: Path, out: Path, model: str, extra: List[str],
+                 log: Path, top: int = 5) -> List[Tuple[str, float]]:
+    """Seconds the job's process spends importing, by top-level package
+    (Python's -X importtime, each module's own time), the largest `top`
+    and the total ("all")."""
+    run = run_measured(job_command(corpus, out, model, extra), log,
+                       env={"PYTHONPROFILEIMPORTTIME": "1"})
+    by_package: Dict[str, float] = {}
+    for _, line in run.lines:
+        fields = line[len("import time:"):].split("|")
+        if not line.startswith("import time:") or not fields[0].strip(
+                ).isdigit():
+            continue  # not a module's line (the header, the job's log)
+        package = fields[2].strip().split(".")[0]
+        by_package[package] = by_package.get(package, 0.0) + \
+            int(fields[0]) / 1e6
+    ranked = sorted(by_package.items(), key=lambda kv: -kv[1])[:top]
+    return ranked + [("all", sum(by_package.values()))]
+
+
 def run_job(corpus: Path, out: Path, model: str, extra: List[str],
             log: Path) -> Dict[str, float]:
     """The job's CLI as a subprocess, with default options plus `extra`."""
     from transforms.manifest import read_manifest
-    cmd = [sys.executable, "-m", "pipeline", "--input", f"{corpus}/*.JPEG",
-           "--output", str(out), "--overwrite", "--model", model,
-           "--labels", str(LABELS), *extra]
-    run = run_measured(cmd, log)
+    run = run_measured(job_command(corpus, out, model, extra), log)
     manifest = read_manifest(str(out))
     labeled = manifest["counts"]["labeled"]
     split = startup_split(run, out, manifest["run_id"])
@@ -555,6 +581,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     workdir / "first.log")
     backend = first["backend"]
     _LOGGER.info("the job chose backend %s", backend)
+    imports = import_times(demo, workdir / "out-imports", model, extra,
+                           workdir / "imports.log")
     bench = Bench(workdir, model, backend, extra, config)
     fast_ips, _ = measure_decode(fast_jpeg=True, batch=config.max_batch_size)
     fast_mean, fast_worst = fast_jpeg_deviation()
@@ -569,6 +597,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "cores": len(os.sched_getaffinity(0)),
         "batch_size": config.max_batch_size,
         "first_run_launch_checks_s": first["launch_checks_s"],
+        "import_times": imports,
         "fast_jpeg_decode_ips": fast_ips,
         "fast_jpeg_mean_delta_255": fast_mean,
         "fast_jpeg_worst_delta_255": fast_worst,
@@ -662,6 +691,9 @@ def table_rows(f: Dict) -> List[Tuple[str, str]]:
         (f"start-up split, N = {n}", _split(job)),
         *([(f"start-up split, 4N = {4 * n}", _split(f["job_4n"]))]
           if "job_4n" in f else []),
+        ("imports by package (-X importtime, own time; one run)",
+         ", ".join(f"{name} {seconds:.2f} s"
+                   for name, seconds in f["import_times"])),
         ("launch checks, first run on this machine (convert + gate)",
          f"{f['first_run_launch_checks_s']:.1f} s"),
     ]
