@@ -4,7 +4,8 @@ its first batch is labeled, and the memory it holds.
 Each trial is a fresh process that does what a worker does: import the
 handler, load the model through the loader the launcher hands it (tf: the
 module itself; xnnpack: the converted file staged with the job, LiteRT
-only), classify one batch of real photos. It reports the seconds for each
+only), classify one batch of real photos; the "no model" row is the
+imports alone. It reports the seconds for each
 step and the process's resident memory after the first batch (VmRSS) and
 at its peak (VmHWM). The launcher's side (converting, gating, staging) is
 done once, before the trials, as a job's launch does it.
@@ -51,6 +52,11 @@ def worker_trial(loader, labels: List[str], pixels_path: str) -> Dict:
     from transforms.classify import (ClassifierHandler,  # pylint: disable=import-outside-toplevel
                                      classify_batch)
     imported = time.perf_counter()
+    if loader is None:  # the baseline: a worker's imports, no model
+        return {"import_s": imported - started, "load_s": 0.0,
+                "first_batch_s": 0.0, "start_s": imported - started,
+                "tensorflow_imported": "tensorflow" in sys.modules,
+                **_memory_mb()}
     handler = ClassifierHandler(loader, labels, model_id="benchmark")
     classifier = handler.load_model()
     loaded = time.perf_counter()
@@ -89,10 +95,12 @@ def _prepare(model: str, photos: str, batch: int, workdir: str):
 
 
 def run(model: str, photos: str, trials: int, batch: int) -> Dict:
-    results: Dict[str, List[Dict]] = {"tf": [], "xnnpack": []}
+    results: Dict[str, List[Dict]] = {"tf": [], "xnnpack": [],
+                                      "no model": []}
     with tempfile.TemporaryDirectory(prefix="worker-start-") as workdir:
         loaders, labels, pixels_path, images = _prepare(model, photos, batch,
                                                         workdir)
+        loaders["no model"] = None
         for _ in range(trials):
             for backend, loader in loaders.items():  # interleaved
                 child = subprocess.run(
