@@ -202,8 +202,10 @@ def _gate(name: str, prepared: Prepared, args, sample: List[str]
     if not parity.passes():
         raise _NotUsable(
             f"it fails the parity gate against {REFERENCE} (top-1 agreement "
-            f"{100 * parity.top1_agreement:.1f}% < 99.5% or max |Δp| "
-            f"{parity.max_prob_delta:.1e} > 1e-3)")
+            f"{100 * parity.top1_agreement:.1f}%, at least 99.5% needed; max "
+            f"|Δp| {parity.max_prob_delta:.1e}, at most 1e-3; max "
+            f"|Δembedding| {parity.max_embedding_delta:.1e}, inf when the "
+            "outputs' shapes differ)")
     prepared.record_gate({**parity._asdict(), "checked_at": datetime.datetime
                           .now(datetime.timezone.utc)
                           .isoformat(timespec="seconds")})

@@ -69,6 +69,24 @@ def test_backend_choices_come_from_the_registry():
 
 
 @pytest.mark.slow
+def test_a_registered_backend_is_offered_and_gated(standin_tf1, tmp_path,
+                                                   monkeypatch):
+    """Adding a backend is registering its module: it becomes a --backend
+    choice, and a launch gates it against tf like any other (the fake
+    model's answers differ, so it is refused with the reason)."""
+    from pipeline.checks import LaunchError
+    from pipeline.options import build_parser
+    monkeypatch.setitem(backends.BACKENDS, "fake", "transforms.backends.fake")
+    action = next(a for a in build_parser()._actions if a.dest == "backend")
+    assert "fake" in action.choices
+    with pytest.raises(LaunchError, match="backend fake: it fails the parity "
+                       "gate against tf .*; use --backend tf"):
+        _launch("--input", str(PHOTOS_DIR / "n01*.JPEG"), "--output",
+                str(tmp_path / "out"), "--model", standin_tf1, "--backend",
+                "fake")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["separate_inputs", "train_graph"])
 def test_tf1_loader_handles_other_module_layouts(
         standin_tf1, tf1_variants, all_photos, variant, caplog, tmp_path):
@@ -145,6 +163,21 @@ def test_parity_gate_rejects_a_different_model(standin_dirs, all_photos):
     assert parity.top1_agreement < 0.5 and not parity.passes()
     assert not BackendParity(100, 0.99, 1e-4, 0).passes()
     assert not BackendParity(100, 1.0, 2e-3, 0).passes()
+
+    # Same logits, but another embedding (width, or none): not at parity.
+    class Narrow:
+        def __init__(self, width):
+            self.width = width
+
+        def __call__(self, images):
+            logits, embedding = reference(images)
+            return logits, (embedding[:, :self.width] if self.width
+                            else None)
+    for width in (8, None):
+        parity = backend_parity(reference, Narrow(width), all_photos[:4])
+        assert parity.top1_agreement == 1.0 and parity.max_prob_delta == 0
+        assert parity.max_embedding_delta == float("inf")
+        assert not parity.passes()
 
 
 def _launch(*argv):

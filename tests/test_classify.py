@@ -262,3 +262,46 @@ def test_classify_with_a_fake_backend_never_imports_tensorflow(labels,
         assert indices == report["expected"][uri]
     # The fake model's answers depend on the pixels.
     assert len({tuple(i) for _, i, _ in report["rows"]}) > 1
+
+
+class _LabelWithSharedModel:
+    """A DoFn that calls the model itself, as the job's chunk DoFn does."""
+
+    def __new__(cls, handler):
+        import apache_beam as beam
+        from transforms.classify import SharedClassifier
+
+        class LabelBatches(beam.DoFn):
+            def __init__(self):
+                self._shared = SharedClassifier(handler)
+                self._model = None
+
+            def setup(self):
+                self._model = self._shared.acquire()
+
+            def process(self, pixels):
+                self._shared.report_load()
+                yield classify_batch(self._model, pixels, handler.label_array,
+                                     1).top_k_indices[:, 0].tolist()
+        return LabelBatches()
+
+
+def test_shared_classifier_loads_once_and_reports_it(photo_batch, labels):
+    """SharedClassifier: one load per process through Beam's Shared,
+    counted in RunInference's load metric when processing starts."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from transforms.backends import fake
+    from transforms.classify import MODEL_LOAD_METRIC
+    loader = fake.loader(seed=7)
+    loader.forget()
+    handler = ClassifierHandler(loader, labels, model_id="fake")
+    before = len(fake.LOADS)
+    pipeline = beam.Pipeline()
+    _ = (pipeline | beam.Create([photo_batch[i:i + 3] for i in range(0, 12, 3)])
+         | beam.ParDo(_LabelWithSharedModel(handler)))
+    result = pipeline.run()
+    result.wait_until_finish()
+    [loads] = result.metrics().query(MetricsFilter().with_name(
+        MODEL_LOAD_METRIC))["distributions"]
+    assert loads.committed.count == len(fake.LOADS) - before == 1

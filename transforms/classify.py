@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import time
 from typing import (Any, Dict, Iterable, NamedTuple, Optional, Sequence,
@@ -81,7 +82,9 @@ def classify_batch(classifier: ImageClassifier, pixels: np.ndarray,
 
 
 class BackendParity(NamedTuple):
-    """How far a candidate backend is from the TF reference on some images."""
+    """How far a candidate backend is from the TF reference on some images.
+    Outputs of another shape (classes, embedding width, an embedding
+    missing on one side) are infinitely far."""
     images: int
     top1_agreement: float      # fraction of images with the same top-1
     max_prob_delta: float      # max |Δ softmax probability|
@@ -90,7 +93,18 @@ class BackendParity(NamedTuple):
     def passes(self, min_agreement: float = 0.995,
                max_prob_delta: float = 1e-3) -> bool:
         return (self.top1_agreement >= min_agreement and
-                self.max_prob_delta <= max_prob_delta)
+                self.max_prob_delta <= max_prob_delta and
+                math.isfinite(self.max_embedding_delta))
+
+
+def _max_delta(reference: Optional[np.ndarray],
+               candidate: Optional[np.ndarray]) -> float:
+    if reference is None and candidate is None:
+        return 0.0
+    if reference is None or candidate is None or \
+            reference.shape != candidate.shape:
+        return math.inf
+    return float(np.abs(reference - candidate).max())
 
 
 def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
@@ -102,12 +116,11 @@ def backend_parity(reference: ImageClassifier, candidate: ImageClassifier,
         ref_logits, ref_embedding = reference(batch)
         cand_logits, cand_embedding = candidate(batch)
         ref_probs, cand_probs = softmax(ref_logits), softmax(cand_logits)
-        agree += int((ref_probs.argmax(1) == cand_probs.argmax(1)).sum())
-        prob_delta = max(prob_delta,
-                         float(np.abs(ref_probs - cand_probs).max()))
-        if ref_embedding is not None and cand_embedding is not None:
-            embedding_delta = max(embedding_delta, float(
-                np.abs(ref_embedding - cand_embedding).max()))
+        if ref_probs.shape == cand_probs.shape:
+            agree += int((ref_probs.argmax(1) == cand_probs.argmax(1)).sum())
+        prob_delta = max(prob_delta, _max_delta(ref_probs, cand_probs))
+        embedding_delta = max(embedding_delta,
+                              _max_delta(ref_embedding, cand_embedding))
     return BackendParity(len(pixels), agree / max(1, len(pixels)),
                          prob_delta, embedding_delta)
 
