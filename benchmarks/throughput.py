@@ -671,14 +671,15 @@ def table_rows(f: Dict) -> List[Tuple[str, str]]:
         (f"(b) model alone, {f['backend']}", f"{job['model_ips']:.0f} img/s"),
         ("(c) ceiling 1/(1/a + 1/b)", f"{job['ceiling_ips']:.0f} img/s"),
         (f"(d) job, steady state, N = {n}", f"{job['steady_ips']:.0f} img/s: "
-         f"d/c {r['steady_ceiling']:.2f}{_trials(f, 'steady_ceiling')}"),
+         f"d/c {r['steady_ceiling']:.2f}{_trials(f, 'steady_ceiling')}"
+         f"{_chunks_rate(job)}"),
     ]
     if "job_4n" in f:
         big = f["job_4n"]
         rows.append((f"(d) job, steady state, 4N = {4 * n}",
                      f"{big['steady_ips']:.0f} img/s of a ceiling of "
                      f"{big['ceiling_ips']:.0f}: d/c "
-                     f"{r['steady_4n_ceiling']:.2f}"))
+                     f"{r['steady_4n_ceiling']:.2f}{_chunks_rate(big)}"))
     rows += [
         (f"(d) job, whole process, N = {n}",
          f"{job['process_ips']:.0f} img/s: /c {r['process_ceiling']:.2f}"
@@ -723,6 +724,15 @@ def table_rows(f: Dict) -> List[Tuple[str, str]]:
 def plain_table(rows: List[Tuple[str, str]]) -> str:
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _chunks_rate(run: Dict) -> str:
+    """The rate while the chunk step runs (the runner's start left out)."""
+    if "chunks_s" not in run:
+        return ""
+    rate = run["labeled"] / run["chunks_s"]
+    return (f"; while the chunks run {rate:.0f} img/s, "
+            f"{rate / run['ceiling_ips']:.2f} of c")
 
 
 def _runner_part(job: Dict) -> str:
