@@ -45,7 +45,7 @@ import numpy as np
 from pipeline.cli_base import (EXIT_OK, CommandParser, UserError,  # pylint: disable=unused-import
                                positive_int, require_cloud_credentials,
                                run_command, wants_help)
-from pipeline.config import default_decode_settings
+from pipeline.config import JobConfig, default_decode_settings
 from pipeline.options import (DEFAULT_LABELS, DEFAULT_MAX_FILE_BYTES,
                               DEFAULT_MODEL)
 from transforms.imaging import DecodeSettings, decode_image
@@ -336,9 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--synsets", default=None,
         help="WordNet ids in class order (line i = class i + 1); required "
         "when labels are synset ids")
-    parser.add_argument("--top_k", type=positive_int, default=5,
+    job = JobConfig.defaults()  # the labeling job's defaults
+    parser.add_argument("--top_k", type=positive_int, default=job.top_k,
                         help="k of the top-k accuracy")
-    parser.add_argument("--batch_size", type=positive_int, default=64,
+    parser.add_argument("--batch_size", type=positive_int,
+                        default=job.max_batch_size,
                         help="images per model call")
     parser.add_argument("--verbose", action="store_true",
                         help="debug logging and full tracebacks")
