@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from pipeline.cli_base import (EXIT_OK, EXIT_USAGE, configure_console,  # pylint: disable=unused-import
                                run_command, wants_help)
@@ -40,6 +40,12 @@ def _counters(result) -> Dict[str, int]:
         value = counter.committed if counter.committed is not None \
             else counter.attempted
         totals[name] = totals.get(name, 0) + int(value or 0)
+    from transforms.classify import MODEL_LOAD_METRIC  # pylint: disable=import-outside-toplevel
+    for loads in query["distributions"]:  # one entry per model load
+        if loads.key.metric.name == MODEL_LOAD_METRIC:
+            value = loads.committed or loads.attempted
+            totals["module_loads"] = totals.get("module_loads", 0) + \
+                int(value.count if value else 0)
     return totals
 
 
@@ -52,6 +58,10 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_OK
     verbose = "--verbose" in argv
     args, options = parse_args(argv)
+    from pipeline import dataflow_job  # pylint: disable=import-outside-toplevel
+    if dataflow_job.offline_description_requested(options):
+        dataflow_job.write_job_description(args, options)
+        return EXIT_OK
 
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
     from pipeline import job  # pylint: disable=import-outside-toplevel
@@ -71,13 +81,13 @@ def run(argv: Sequence[str]) -> int:
                  f", {facts.classifier.embedding_dim}-d embedding"
                  if facts.classifier.embedding_dim else ", no embedding")
 
-    from pipeline.progress import (ProgressReporter, summary_lines,  # pylint: disable=import-outside-toplevel
-                                   top_labels)
+    from pipeline.progress import (ProgressReporter, summary_lines)  # pylint: disable=import-outside-toplevel
     from transforms.write import new_run_id  # pylint: disable=import-outside-toplevel
     run_id = new_run_id()
     labeling_started = time.time()
     pipeline = beam.Pipeline(options=options)
-    job.build(pipeline, args, facts.labels, run_id)
+    job.build(pipeline, args, facts.labels, run_id, facts.loader,
+              details=_run_details(args, facts, started))
     reporter = None
     if runs_in_this_process(options):
         reporter = ProgressReporter(facts.total_inputs,
@@ -96,12 +106,7 @@ def run(argv: Sequence[str]) -> int:
         if reporter:
             reporter.stop()
     finished = time.time()
-    try:
-        labels = top_labels(_finished_label_files(args.output))
-    except Exception:  # pylint: disable=broad-except
-        _LOGGER.warning("could not read the labels back for the summary",
-                        exc_info=verbose)
-        labels = []
+    labels = _top_labels_of(args.output, verbose)
     for line in summary_lines(facts.total_inputs, _counters(result),
                               finished - started, finished - labeling_started,
                               args.output, labels):
@@ -109,12 +114,32 @@ def run(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _finished_label_files(output: str) -> List[str]:
-    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
-    from transforms.schema import LABELS_PREFIX  # pylint: disable=import-outside-toplevel
-    from transforms.write import finished_files_pattern  # pylint: disable=import-outside-toplevel
-    return [m.path for m in FileSystems.match(
-        [finished_files_pattern(output, LABELS_PREFIX)])[0].metadata_list]
+def _run_details(args, facts, started: float) -> Dict[str, object]:
+    """What the manifest records about the run besides files and counts."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    import datetime  # pylint: disable=import-outside-toplevel
+    from transforms.errors import redact  # pylint: disable=import-outside-toplevel
+    options = {name: redact(value) if isinstance(value, str) else value
+               for name, value in dataclasses.asdict(args).items()}
+    record = facts.backend_record()
+    return {"started_at": datetime.datetime.fromtimestamp(
+                started, datetime.timezone.utc).isoformat(timespec="seconds"),
+            "options": options, "backend_reason": record["reason"],
+            "parity": record["parity"]}
+
+
+def _top_labels_of(output: str, verbose: bool):
+    """The most frequent labels, from the counts the job wrote into its
+    manifest (never from re-reading the output)."""
+    from transforms.labeling import top_labels  # pylint: disable=import-outside-toplevel
+    from transforms.manifest import read_manifest  # pylint: disable=import-outside-toplevel
+    try:
+        manifest = read_manifest(output) or {}
+    except Exception:  # pylint: disable=broad-except
+        _LOGGER.warning("could not read the output's manifest for the "
+                        "summary", exc_info=verbose)
+        return []
+    return top_labels(manifest.get("counts", {}).get("label_counts", {}))
 
 
 def _create_standin_if_missing(model: str) -> None:
