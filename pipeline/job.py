@@ -9,7 +9,6 @@ the runner retries or splits the work (see transforms/write.py).
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import apache_beam as beam
@@ -66,14 +65,6 @@ def input_spec(config) -> InputSpec:
                      allowed_schemes=tuple(config.allowed_schemes()))
 
 
-def absolute_from(uri: str, base: str) -> str:
-    """A manifest's relative local path, taken from the directory the job
-    was launched in (as the glob and manifest options are)."""
-    if "://" in uri or os.path.isabs(uri):
-        return uri
-    return os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
-
-
 def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
           run_id: str, loader: ModelLoader,
           details: Optional[Dict[str, Any]] = None,
@@ -89,8 +80,6 @@ def build(pipeline: beam.Pipeline, config, labels: Sequence[str],
         committed = pipeline | "ReadCommitted" >> ReadCommitted(config.output)
         done, kept = committed["uris"], [committed[RECORDS_TAG]]
     uris = pipeline | "InputUris" >> (source or input_spec(config).uris())
-    if config.input_manifest and source is None:
-        uris = uris | "Absolute" >> beam.Map(absolute_from, os.getcwd())
     records = (uris
                | "ChunkUris" >> ChunkUris(config.rows_per_file, done)
                | "LabelChunks" >> LabelChunks(

@@ -1,4 +1,4 @@
-"""Classify step: one forward pass equals the module's own signatures, for
+"""Classification: one forward pass equals the module's own signatures, for
 both stand-in formats; softmax/top-k; the handler's contract, with the tf
 backend and with a fake one (no TensorFlow); loads counted by Beam."""
 from __future__ import annotations
@@ -173,13 +173,10 @@ def test_unreadable_handles_raise_clear_errors(tmp_path):
 @pytest.mark.slow
 def test_a_batch_the_model_fails_on_becomes_one_error_per_image(
         standin_tf1, photo_batch, labels):
-    """RunInference's dead letter: a batch the module refuses (here one
-    channel, not RGB) yields one classify-stage error per image, and the
-    other batches are labeled."""
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that, equal_to
-    from transforms.classify import Classify
-    from transforms.errors import ERRORS_TAG, STAGE_CLASSIFY
+    """A batch the module refuses (here one channel, not RGB) becomes one
+    classify-stage error per image; other batches are labeled."""
+    from transforms.errors import STAGE_CLASSIFY
+    from transforms.label_chunks import classify_rows
 
     def batch(prefix, pixels):
         n = len(pixels)
@@ -189,16 +186,15 @@ def test_a_batch_the_model_fails_on_becomes_one_error_per_image(
 
     good = batch("good", photo_batch[:4])
     bad = batch("bad", np.ascontiguousarray(photo_batch[4:7, :, :, :1]))
-    with beam.Pipeline() as pipeline:
-        out = (pipeline | beam.Create([good, bad])
-               | Classify(ClassifierHandler(
-                   model_lib.prepare("tf", standin_tf1).local, labels,
-                   model_id=standin_tf1)))
-        assert_that(out["results"] | beam.Map(lambda r: r.example.uris),
-                     equal_to([good.uris]), label="Labeled")
-        assert_that(out[ERRORS_TAG] | beam.Map(lambda e: (e.uri, e.stage)),
-                    equal_to([(uri, STAGE_CLASSIFY) for uri in bad.uris]),
-                    label="Failed")
+    handler = ClassifierHandler(model_lib.prepare("tf", standin_tf1).local,
+                                labels, model_id=standin_tf1)
+    model = handler.load_model()
+    rows, errors = classify_rows(handler, model, good, [], "tf")
+    assert rows.column("uri").to_pylist() == list(good.uris) and not errors
+    rows, errors = classify_rows(handler, model, bad, [], "tf")
+    assert rows is None
+    assert [(e.uri, e.stage) for e in errors] == [
+        (uri, STAGE_CLASSIFY) for uri in bad.uris]
 
 
 _FAKE_JOB = """
@@ -207,7 +203,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from transforms.backends import fake
-from transforms.classify import MODEL_LOAD_METRIC, Classify, ClassifierHandler
+from apache_beam.ml.inference.base import RunInference
+from transforms.classify import MODEL_LOAD_METRIC, ClassifierHandler
 from transforms.imaging import DecodeSettings, ImageBytes, decode_batch
 from transforms.rows import label_batch
 
@@ -218,8 +215,8 @@ batches = [decode_batch([ImageBytes(p, open(p, "rb").read())
            for i in range(0, len(paths), 8)]
 handler = ClassifierHandler(fake.loader(), labels, model_id="fake", top_k=3)
 pipeline = beam.Pipeline()
-classified = pipeline | beam.Create(batches) | Classify(handler)
-_ = (classified["results"]
+classified = pipeline | beam.Create(batches) | RunInference(handler)
+_ = (classified
      | beam.FlatMap(lambda r: [json.dumps(
          [row["uri"], row["top_k_indices"], row["backend"]]) for row in
          label_batch(r, handler.backend).to_pylist()])
@@ -244,7 +241,7 @@ print(json.dumps({
 def test_classify_with_a_fake_backend_never_imports_tensorflow(labels,
                                                                tmp_path):
     """The handler takes any backend's loader: with the fake one, the
-    Classify step labels real photos in a Beam pipeline without importing
+    handler labels real photos in RunInference without importing
     TensorFlow, and RunInference's load metric counts the one load."""
     paths = photo_paths()[:20]
     job = subprocess.run([sys.executable, "-c", _FAKE_JOB],

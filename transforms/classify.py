@@ -1,13 +1,13 @@
 """Step 3: batches of decoded images → logits + embedding → top-k labels.
 
 `ClassifierHandler` is a RunInference `ModelHandler` for pre-batched
-input: its elements are DecodedBatches (images are batched before decoding,
-in transforms/decode.py, so that they are decoded straight into the array
-the model takes), and RunInference skips its own batching.
-RunInference loads the model once per worker process through Beam's
-`Shared`, so every thread of a worker uses the same copy. Beam's own
-TFModelHandler* cannot load TF1 Hub format modules; each backend's loading
-lives in transforms/backends/.
+input: its elements are DecodedBatches (a chunk's images are decoded
+straight into the array the model takes). The chunk DoFn
+(transforms/label_chunks.py) calls it per batch, with the model loaded once
+per worker process through Beam's `Shared` (`SharedClassifier`), as
+RunInference does; it does not run RunInference itself, because a chunk is
+labeled and committed in one call. Beam's own TFModelHandler* cannot load
+TF1 Hub format modules; each backend's loading lives in transforms/backends/.
 
 Per batch, one forward pass gives both logits and embeddings; softmax, top-k
 and the label lookup are vectorised over the batch, so nothing per image
@@ -23,16 +23,13 @@ import time
 from typing import (Any, Dict, Iterable, NamedTuple, Optional, Sequence,
                     Tuple)
 
-import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (ModelHandler, PredictionResult,
-                                           RunInference)
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils.shared import Shared
 
 from transforms.imaging import DecodedBatch
-from transforms.errors import (ERRORS_TAG, METRICS_NAMESPACE, STAGE_CLASSIFY,
-                               error_record, redact)
+from transforms.errors import METRICS_NAMESPACE, redact
 from transforms.backends import ImageClassifier, ModelLoader
 from transforms.schema import utc_now
 
@@ -214,30 +211,3 @@ class SharedClassifier:
             Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_METRIC).update(
                 self._unreported_ms)
             self._unreported_ms = None
-
-
-def _failed_batch_errors(failed: Tuple[DecodedBatch, BaseException]
-                         ) -> Iterable:
-    """RunInference's dead letter (batch, exception) → one ErrorRecord per
-    image, so a failed batch loses nothing."""
-    batch, exc = failed
-    for uri in batch.uris:
-        yield error_record(uri, STAGE_CLASSIFY, exc)
-
-
-class Classify(beam.PTransform):
-    """PCollection[DecodedBatch] →
-    {"results": PredictionResult, ERRORS_TAG: ErrorRecord}."""
-
-    def __init__(self, handler: ClassifierHandler):
-        super().__init__()
-        self._handler = handler
-
-    def expand(self, images):
-        results, failures = (
-            images
-            | "RunInference" >> RunInference(self._handler)
-            .with_exception_handling())
-        errors = (failures.failed_inferences
-                  | "FailedBatchErrors" >> beam.FlatMap(_failed_batch_errors))
-        return {"results": results, ERRORS_TAG: errors}

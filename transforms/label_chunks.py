@@ -179,19 +179,9 @@ class _LabelChunk(beam.DoFn):
         return decoded, read_errors + errors
 
     def _classify(self, prepared):
-        """On the bundle thread: the model on one decoded batch → rows."""
-        from transforms.rows import label_batch  # pylint: disable=import-outside-toplevel
         decoded, errors = prepared
-        if decoded is None:
-            return None, errors
-        try:
-            result = self._handler.run_inference(decoded, self._model)[0]
-            return label_batch(result, self._settings.backend), errors
-        except Exception as exc:  # pylint: disable=broad-except
-            _LOGGER.warning("classifying a batch of %d images failed: %s",
-                            len(decoded.uris), exc, exc_info=True)
-            return None, errors + [error_record(uri, STAGE_CLASSIFY, exc)
-                                   for uri in decoded.uris]
+        return classify_rows(self._handler, self._model, decoded, errors,
+                             self._settings.backend)
 
     def process(self, chunk: Chunk) -> Iterable[Dict[str, Any]]:
         self._classifier.report_load()
@@ -217,6 +207,24 @@ class _LabelChunk(beam.DoFn):
         if record is not None:
             count_committed(record, writer.errors)
             yield record
+
+
+def classify_rows(handler, model, decoded, errors: List[ErrorRecord],
+                  backend: str):
+    """On the bundle thread: the model on one decoded batch → (label rows or
+    None, errors). A batch the model refuses becomes one classify-stage
+    error per image, so a failed batch loses nothing."""
+    from transforms.rows import label_batch  # pylint: disable=import-outside-toplevel
+    if decoded is None:
+        return None, errors
+    try:
+        result = handler.run_inference(decoded, model)[0]
+        return label_batch(result, backend), errors
+    except Exception as exc:  # pylint: disable=broad-except
+        _LOGGER.warning("classifying a batch of %d images failed: %s",
+                        len(decoded.uris), exc, exc_info=True)
+        return None, errors + [error_record(uri, STAGE_CLASSIFY, exc)
+                               for uri in decoded.uris]
 
 
 def count_committed(record: Dict[str, Any],
