@@ -13,7 +13,7 @@ the container), and then runs Beam's own `sdk_worker_main`.
 For the test it also leaves evidence in its worker directory:
   boot.json   pid, interpreter, cwd, sys.path[0], fetched artifacts
   worker.log  the harness's log records (pid, file:line of the code that
-              logged, message), e.g. transforms/model.py's "loading module"
+              logged, message), e.g. transforms/classify.py's "model ... loaded in process"
 
 Run with `python -I` (isolated: no script directory, PYTHONPATH or user
 site on sys.path), so only the virtualenv's site-packages can provide

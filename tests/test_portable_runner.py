@@ -10,7 +10,7 @@ project as a user would, submits the 150 photos with `--runner
 PortableRunner --environment_type EXTERNAL --setup_file ...`. Each SDK worker
 is started through tests/portable_boot.py, a small stand-in for the SDK
 container's boot program, which records evidence: which interpreter and
-which `transforms/model.py` the worker ran, and what was staged.
+which `transforms/classify.py` the worker ran, and what was staged.
 
 Three runs, each must give the DirectRunner's rows:
   * installed: the package is pre-installed in the workers' environment
@@ -123,7 +123,8 @@ def test_sdist_ships_the_packages_and_declares_the_dependencies(package):
     for module in ("pipeline/__init__.py", "pipeline/cli.py",
                    "pipeline/job.py", "pipeline/options.py",
                    "transforms/__init__.py", "transforms/classify.py",
-                   "transforms/decode.py", "transforms/model.py"):
+                   "transforms/label_chunks.py", "transforms/imaging/decode.py",
+                   "transforms/backends/xnnpack.py"):
         assert module in modules, modules
     source_modules = sorted(
         str(Path(p).relative_to(PROJECT_ROOT)) for pkg in ("pipeline",
@@ -141,7 +142,7 @@ def test_sdist_ships_the_packages_and_declares_the_dependencies(package):
 
 def test_venv_imports_the_installed_package_not_the_source_tree(
         worker_venv, tmp_path):
-    code = ("import json, sys, pipeline, transforms, transforms.model, "
+    code = ("import json, sys, pipeline, transforms, transforms.label_chunks, "
             "simplejpeg, tensorflow_hub, apache_beam; print(json.dumps("
             "{'pipeline': pipeline.__file__, 'transforms': transforms.__file__,"
             " 'prefix': sys.prefix, 'beam': apache_beam.__version__}))")
@@ -299,14 +300,15 @@ def plain_pool_run(worker_venv, job_service, package, standin_tf1,
 
 
 # Worker log records (tests/portable_boot.py's format: pid level file:line).
-_LOAD_LINE = re.compile(r"^(\d+) INFO (\S+):\d+ loading module ", re.M)
+_LOAD_LINE = re.compile(
+    r"^(\d+) INFO (\S+):\d+ model \S+ loaded in process ", re.M)
 _OUR_CODE_LINE = re.compile(
     r"^\d+ \w+ (\S+/(?:transforms|pipeline)/\w+\.py):\d+ ", re.M)
 
 
 def _check_workers(run: dict, worker_venv, expected_prefix):
     """Evidence from the worker processes themselves; `expected_prefix(worker)`
-    is where that worker's transforms/model.py must come from."""
+    is where that worker's transforms/classify.py must come from."""
     info = run["diagnostics"]
     workers = run["workers"]
     assert workers, "no worker was started through the boot script\n" + info
@@ -319,10 +321,11 @@ def _check_workers(run: dict, worker_venv, expected_prefix):
                        for p in worker["sys_path"]), worker["sys_path"]
         loads = _LOAD_LINE.findall(worker["log"])
         for pid, path in loads:
-            # transforms/model.py as the worker ran it: the installed copy.
+            # The model's load, logged by transforms/classify.py as the
+            # worker ran it: the installed copy.
             assert int(pid) == worker["pid"], (pid, worker["pid"])
             assert path.startswith(expected_prefix(worker)), path
-            assert path.endswith("/transforms/model.py"), path
+            assert path.endswith("/transforms/classify.py"), path
         loads_per_process[worker["pid"]] = len(loads)
         # Every record our code logged came from the expected copy.
         ours = [path for path in _OUR_CODE_LINE.findall(worker["log"])
