@@ -338,7 +338,7 @@ def beam_options(beam_flags: Sequence[str]) -> PipelineOptions:
 
 def runs_in_this_process(options: PipelineOptions) -> bool:
     """Whether the job's DoFns run in the launching process (the local
-    in_memory runner), where the in-process progress tally sees them."""
+    in_memory runner), where the in-process counts (transforms.counting) are seen."""
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
     return runner in (LOCAL_RUNNER, "DirectRunner", "FnApiRunner") and \

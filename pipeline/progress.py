@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, TextIO, Tuple
 
-from transforms import tally
+from transforms import counting
 
 _LOGGER = logging.getLogger("pipeline")
 
@@ -32,10 +32,10 @@ class ProgressReporter:
     twice a second on a terminal, a plain log line every `quiet_interval_s`
     otherwise (CI logs stay short).
 
-    Counts come from `transforms.tally`, which only sees work done in this
-    process: with the in-process runner that is all of it. Other runners
-    report the same figures as Beam counters (images_read, images_labeled,
-    images_failed_<stage>) in their own UI.
+    Counts come from `transforms.counting`'s totals, which only see work
+    done in this process: with the in-process runner that is all of it.
+    Other runners report the same figures as Beam counters (images_labeled,
+    images_failed_<stage>, images_skipped_done) in their own UI.
     """
 
     def __init__(self, total: Optional[int], stream: TextIO = sys.stderr,
@@ -53,7 +53,7 @@ class ProgressReporter:
         self._skipped = 0
 
     def start(self) -> "ProgressReporter":
-        tally.reset()
+        counting.reset()
         self._started = self._clock()
         self._thread.start()
         return self
@@ -69,12 +69,13 @@ class ProgressReporter:
             self._stream.flush()
 
     def line(self) -> str:
-        counts = tally.snapshot()
-        self._skipped = counts.get("skipped", 0)
-        done = counts.get("labeled", 0) + counts.get("failed", 0)
+        counts = counting.snapshot()
+        self._skipped = counts.get("images_skipped_done", 0)
+        failed = sum(n for name, n in counts.items()
+                     if name.startswith("images_failed_"))
+        done = counts.get("images_labeled", 0) + failed
         return progress_line(None if self._total is None else
-                             self._total - self._skipped, done,
-                             counts.get("failed", 0),
+                             self._total - self._skipped, done, failed,
                              self._clock() - self._started)
 
     def _run(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 from pipeline.progress import (ProgressReporter, errors_by_type,
                                progress_line, summary_lines, top_labels)
 from tests.conftest import LABELS_FILE, PHOTOS_DIR, EDGE_DIR, run_cli
-from transforms import tally
+from transforms import counting
 
 
 def test_progress_line_has_counts_rate_and_eta():
@@ -28,15 +28,15 @@ class _FakeClock:
         return self.now
 
 
-def test_reporter_reads_the_process_tally():
+def test_reporter_reads_the_process_counts():
     clock = _FakeClock()
     stream = io.StringIO()  # not a terminal: plain lines
     reporter = ProgressReporter(total=100, stream=stream,
                                 quiet_interval_s=3600, clock=clock).start()
     try:
-        tally.add("labeled", 40)
-        tally.add("failed", 2)
-        tally.add("skipped", 10)
+        counting.count("images_labeled", 40)
+        counting.count("images_failed_decode", 2)
+        counting.count("images_skipped_done", 10)
         clock.now += 4.2
         assert reporter.line() == ("42/90 images (46.7%), 2 errors, "
                                    "10 img/s, ETA 5 s")
@@ -55,8 +55,8 @@ def test_reporter_ends_with_the_final_counts(caplog):
     clock = _FakeClock()
     plain = ProgressReporter(total=43, stream=io.StringIO(),
                              quiet_interval_s=3600, clock=clock).start()
-    tally.add("labeled", 40)
-    tally.add("failed", 3)
+    counting.count("images_labeled", 40)
+    counting.count("images_failed_decode", 3)
     clock.now += 2.0
     with caplog.at_level("INFO", logger="pipeline"):
         plain.stop()
@@ -65,7 +65,7 @@ def test_reporter_ends_with_the_final_counts(caplog):
     terminal = _Terminal()
     interactive = ProgressReporter(total=5, stream=terminal,
                                    clock=clock).start()
-    tally.add("labeled", 5)
+    counting.count("images_labeled", 5)
     interactive.stop()
     assert terminal.getvalue().endswith("\r" + "5/5 images (100.0%), 0 errors,"
                                         " 0 img/s, ETA -".ljust(78) + "\n")

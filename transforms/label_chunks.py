@@ -20,12 +20,11 @@ from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from transforms import tally
+from transforms.counting import count
 from transforms.classify import SharedClassifier
-from transforms.errors import (METRICS_NAMESPACE, STAGE_CLASSIFY, STAGE_READ,
-                               ErrorRecord, error_record)
+from transforms.errors import (STAGE_CLASSIFY, STAGE_READ, ErrorRecord,
+                               error_record)
 from transforms.cores import (cores_per_process, memory_per_process,
                              share_machine)
 from transforms.labeling import (ChunkCounts, batches_of,
@@ -56,17 +55,11 @@ class _KeepUndone(beam.DoFn):
     """(chunk, {"inputs": URIs, "done": URIs}) → (chunk, sorted URIs that
     are not done), each URI once."""
 
-    def __init__(self):
-        self._skipped = Metrics.counter(METRICS_NAMESPACE,
-                                        "images_skipped_done")
-
     def process(self, grouped) -> Iterable[Chunk]:
         chunk, groups = grouped
         inputs = set(groups["inputs"])
         undone = inputs.difference(groups["done"])
-        if len(undone) < len(inputs):
-            self._skipped.inc(len(inputs) - len(undone))
-            tally.add("skipped", len(inputs) - len(undone))
+        count("images_skipped_done", len(inputs) - len(undone))
         if undone:
             yield chunk, sorted(undone)
 
@@ -195,10 +188,7 @@ class _LabelChunk(beam.DoFn):
                     batches_in_flight(self._threads)):
                 if rows is not None:
                     writer.add_rows(rows)
-                    tally.add("labeled", rows.num_rows)
-                if errors:
-                    writer.add_errors(errors)
-                    tally.add("failed", len(errors))
+                writer.add_errors(errors)
             record = writer.commit(
                 ChunkCounts.of(writer.rows, writer.errors)._asdict())
         except BaseException:
@@ -229,17 +219,14 @@ def classify_rows(handler, model, decoded, errors: List[ErrorRecord],
 
 def count_committed(record: Dict[str, Any],
                     errors: Sequence[ErrorRecord]) -> None:
-    """Beam counters for a committed chunk: the runner keeps only the
-    counters of successful attempts, so each image is counted once."""
-    Metrics.counter(METRICS_NAMESPACE, "images_labeled").inc(record["labeled"])
-    Metrics.counter(METRICS_NAMESPACE, "chunks_committed").inc()
-    by_stage: Dict[str, int] = {}
+    """The counts of a committed chunk: the runner keeps only the counters
+    of successful attempts, so each image is counted once."""
+    count("images_labeled", record["labeled"])
+    count("chunks_committed")
     for error in errors:
-        by_stage[error.stage] = by_stage.get(error.stage, 0) + 1
-    for stage, count in by_stage.items():
-        Metrics.counter(METRICS_NAMESPACE, f"images_failed_{stage}").inc(count)
-    for kind, count in record["errors_by_type"].items():
-        Metrics.counter(METRICS_NAMESPACE, f"errors:{kind}").inc(count)
+        count(f"images_failed_{error.stage}")
+    for kind, images in record["errors_by_type"].items():
+        count(f"errors:{kind}", images)
 
 
 class _LazyImages:
