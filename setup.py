@@ -15,8 +15,8 @@ REQUIRED = [
     "google-cloud-storage>=2.16",
     "pillow>=11",
     "ai-edge-litert>=1.2",  # TFLite interpreter for --backend xnnpack, without importing TF
-    "numba>=0.60",  # the resize kernel, compiled to run without the GIL (see transforms/decode.py)
-    "simplejpeg>=1.8",  # JPEG decoding bit-identical to tf.io.decode_jpeg (see transforms/decode.py)
+    "numba>=0.60",  # the resize kernel, compiled to run without the GIL (see transforms/imaging/)
+    "simplejpeg>=1.8",  # JPEG decoding bit-identical to tf.io.decode_jpeg (see transforms/imaging/)
     "pyyaml>=6",
     "numpy>=1.26",
 ]

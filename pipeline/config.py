@@ -34,7 +34,6 @@ class JobConfig:
     embedding_model: Optional[str]
     labels: str
     top_k: int
-    min_batch_size: int
     max_batch_size: int
     backend: str
     recheck_parity: bool
@@ -56,14 +55,11 @@ class JobConfig:
     def from_args(cls, args: argparse.Namespace) -> "JobConfig":
         """The parsed options → a config. A local --input glob or
         --input_manifest path is made absolute, so the output's `uri`
-        column holds absolute paths; --min_batch_size defaults to
-        --max_batch_size (fixed-size batches)."""
+        column holds absolute paths."""
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
         for name in ("input", "input_manifest"):
             if values[name]:
                 values[name] = absolute_uri(values[name])
-        if values["min_batch_size"] is None:
-            values["min_batch_size"] = values["max_batch_size"]
         return cls(**values)
 
     @classmethod

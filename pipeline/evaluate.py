@@ -5,7 +5,7 @@ google/imagenet/mobilenet_v2_050_96/classification (51.2% / 75.8%).
 Runs in this process (no Beam pipeline), in batches, with the job's own
 reading (`transforms.read.read_file_bytes`), decoding
 (`transforms.imaging.decode_image` with the job's default limits) and model
-code (`transforms.model.load_classifier`, `transforms.classify.softmax` /
+code (`transforms.backends.load_classifier`, `transforms.classify.softmax` /
 `top_k`), so it measures exactly what the job would label.
 
 Ground truth:
@@ -243,7 +243,7 @@ def evaluate(examples: Sequence[Example],
     """Read, decode and classify `examples` in batches; count the hits.
 
     `classifier` maps [B, 96, 96, 3] float32 to (logits [B, C], anything),
-    as transforms.model.ImageClassifier does.
+    as transforms.backends.ImageClassifier does.
     """
     from transforms.classify import softmax  # pylint: disable=import-outside-toplevel
     if read is None:

@@ -101,13 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels kept per image, most probable first (at most the "
         "module's class count)")
     model_group.add_argument(
-        "--min_batch_size", type=positive_int, default=None,
-        help="smallest batch BatchElements forms (default: --max_batch_size, "
-        "i.e. fixed-size batches: TensorFlow sets its kernels up once per "
-        "batch shape)")
-    model_group.add_argument(
         "--max_batch_size", type=positive_int, default=64,
-        help="largest batch BatchElements forms")
+        help="images per model call (a chunk's last batch may be smaller)")
     from transforms.backends import choices as backend_choices  # pylint: disable=import-outside-toplevel
     model_group.add_argument(
         "--backend", choices=backend_choices(), default="auto",
@@ -295,10 +290,6 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, PipelineOptions]:
     if args.resume and args.overwrite:
         raise UsageError("--resume keeps existing results and --overwrite "
                          "deletes them: give one")
-    min_batch = args.min_batch_size or args.max_batch_size
-    if min_batch > args.max_batch_size:
-        raise UsageError(f"--min_batch_size {min_batch} is larger "
-                         f"than --max_batch_size {args.max_batch_size}")
     return JobConfig.from_args(args), beam_options(beam_flags)
 
 

@@ -1,7 +1,6 @@
 """Backends as plugins: the registry and --backend choices, the TF1 loader
 on other module layouts, the xnnpack backend and its parity gate, `auto`,
-the model staged once per job and loaded by workers without TensorFlow;
-the threaded DoFn that overlaps decoding with inference."""
+the model staged once per job and loaded by workers without TensorFlow."""
 from __future__ import annotations
 
 import json
@@ -11,14 +10,9 @@ import pickle
 import re
 import subprocess
 import sys
-import threading
 
-import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import window
 
 from tests.conftest import (EDGE_DIR, LABELS_FILE, PHOTOS_DIR, PROJECT_ROOT,
                             photo_paths, read_parquet_dir, run_cli)
@@ -27,7 +21,6 @@ from transforms.backends import load_classifier
 from transforms.backends.xnnpack import Conversion
 from transforms.classify import BackendParity, backend_parity
 from transforms.imaging import DecodeSettings, decode_image
-from transforms.threaded import ThreadedDoFn, threaded_pardo
 
 SETTINGS = DecodeSettings(max_pixels=10**8, allowed_formats=("JPEG",))
 
@@ -358,49 +351,3 @@ def test_pipeline_with_the_default_auto_backend(standin_tf1, tmp_path):
         str(tmp_path / "out4"), "labels").to_pylist()} == {"tf"}
 
 
-class _Square(ThreadedDoFn):
-    def work(self, element):
-        if element % 7 == 0:
-            return [beam.pvalue.TaggedOutput("sevens", element)]
-        return [element * element]
-
-
-@pytest.mark.parametrize("threads", [3, 1])
-def test_threaded_dofn_emits_everything_in_its_window(threads):
-    values = list(range(500))
-    with BeamTestPipeline() as pipeline:
-        results = (pipeline
-                   | beam.Create(values)
-                   | beam.Map(lambda v: window.TimestampedValue(v, v))
-                   | beam.WindowInto(window.FixedWindows(100))
-                   | threaded_pardo(_Square(threads=threads)).with_outputs(
-                       "sevens", main="squares"))
-        assert_that(results.squares, equal_to(
-            [v * v for v in values if v % 7]), label="squares")
-        assert_that(results.sevens, equal_to(
-            [v for v in values if v % 7 == 0]), label="sevens")
-        # Each output stays in its input's window: count per window.
-        per_window = (results.squares
-                      | beam.Map(lambda _: 1)
-                      | beam.CombineGlobally(sum).without_defaults())
-        assert_that(per_window, equal_to(
-            [sum(1 for v in range(s, s + 100) if v % 7)
-             for s in range(0, 500, 100)]), label="windows")
-
-
-class _Niceness(ThreadedDoFn):
-    def work(self, element):
-        return [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="per-thread niceness is Linux behaviour")
-def test_pool_threads_run_at_the_given_niceness_and_the_caller_does_not():
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with BeamTestPipeline() as pipeline:
-        seen = (pipeline
-                | beam.Create(range(12))
-                | threaded_pardo(_Niceness(threads=3, niceness=7)))
-        assert_that(seen, equal_to([max(own, 7)] * 12))
-    assert os.getpriority(os.PRIO_PROCESS,
-                          threading.get_native_id()) == own

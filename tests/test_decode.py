@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from tests.conftest import EDGE_DIR, PROJECT_ROOT, edge_manifest, photo_paths
 from transforms.errors import ImageError
-from transforms.imaging import (DecodedBatch, DecodeSettings, ImageBytes,
+from transforms.imaging import (DecodeSettings, ImageBytes,
                                 allowed_formats, apply_orientation,
                                 central_crop_box, decode_batch, decode_image)
 
@@ -367,63 +367,3 @@ def test_facts_are_the_batch_without_its_pixels():
     assert facts.uris == tuple(files) and facts.formats == ("JPEG",) * 3
     assert np.array_equal(facts.widths, batch.widths)
     assert np.array_equal(facts.heights, batch.heights)
-
-
-def test_decoded_batches_have_a_coder_that_sizes_them_without_pickling(
-        monkeypatch):
-    import apache_beam as beam
-    from transforms import decode
-    from transforms.decode import DecodeAndPreprocess, DecodedBatchCoder
-    files = photo_paths()[:3]
-    batch, errors = decode_batch(
-        [ImageBytes(str(p), _read(p)) for p in files], SETTINGS)
-    assert not errors
-    # The decode step's output PCollection is typed, so Beam uses the coder.
-    with beam.Pipeline() as pipeline:
-        out = (pipeline | beam.Create([ImageBytes("x", b"")])
-               | DecodeAndPreprocess(SETTINGS))
-        assert out["images"].element_type is DecodedBatch
-        assert isinstance(beam.coders.registry.get_coder(
-            out["images"].element_type), DecodedBatchCoder)
-    coder = DecodedBatchCoder()
-    decoded = coder.decode(coder.encode(batch))
-    assert decoded.uris == batch.uris and decoded.formats == batch.formats
-    assert np.array_equal(decoded.pixels, batch.pixels)
-    assert np.array_equal(decoded.widths, batch.widths)
-    # Sized from the arrays, within 1% of the encoded size, never encoded.
-    encoded = len(coder.encode(batch))
-    monkeypatch.setattr(decode.pickle, "dumps", None)
-    assert abs(coder.estimate_size(batch) - encoded) < 0.01 * encoded
-
-
-@pytest.mark.parametrize("min_batch_size, fixed",
-                         [(None, True), (4, False)])
-def test_batches_have_a_fixed_size_unless_a_minimum_is_given(
-        min_batch_size, fixed):
-    """Fixed-size batches by default: each new batch shape costs the tf
-    backend a kernel set-up. With a minimum, Beam's BatchElements adapts
-    the sizes between the bounds, starting from the minimum."""
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that
-    from transforms.decode import DecodeAndPreprocess
-    paths = [str(p) for p in photo_paths()]
-    expected = [32] * (len(paths) // 32) + [len(paths) % 32]
-
-    def check(sizes):
-        assert sum(sizes) == len(paths)
-        if fixed:
-            assert sorted(sizes, reverse=True) == expected, sizes
-        else:
-            # adapted: more sizes than a full batch and the remainder
-            assert len(set(sizes)) > 2 and max(sizes) <= 32, sizes
-
-    with beam.Pipeline() as pipeline:
-        # Paths, read inside the job: 15 MB of images in beam.Create
-        # would be pickled and compressed into the pipeline (~40 s).
-        decoded = (pipeline | beam.Create(paths, reshuffle=False)
-                   | beam.Map(lambda p: ImageBytes(p, _read(p)))
-                   | DecodeAndPreprocess(SETTINGS,
-                                         min_batch_size=min_batch_size,
-                                         max_batch_size=32))
-        assert_that(decoded["images"] | beam.Map(len)
-                    | beam.combiners.ToList(), lambda got: check(got[0]))

@@ -16,7 +16,8 @@ from tests.conftest import PROJECT_ROOT, photo_paths
 from transforms import cores
 from transforms.errors import ErrorRecord
 from transforms.label_chunks import chunk_count, chunk_of
-from transforms.labeling import (FileSlots, merge_counts, pipelined,
+from transforms.labeling import (FileSlots, lower_this_thread_priority,
+                                 merge_counts, pipelined, process_pool,
                                  reads_within_slots, top_labels)
 
 
@@ -76,6 +77,17 @@ def test_files_in_flight_never_exceed_the_slots(threads):
     assert failed == [p for p in photos if p.endswith("3.JPEG")]
     assert peak[0] <= 2
     assert slots.take(wait=False) and slots.take(wait=False)  # all given back
+
+
+def test_decode_threads_run_at_a_lower_priority():
+    """The model's thread is the critical path: pool threads yield to it."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pool = process_pool("niceness-test", 3,
+                        lambda: lower_this_thread_priority(7))
+    seen = set(pool.map(lambda _: os.getpriority(
+        os.PRIO_PROCESS, threading.get_native_id()), range(12)))
+    assert seen == {max(own, 7)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_chunk_ids_are_the_same_in_every_process():

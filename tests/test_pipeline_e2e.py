@@ -38,7 +38,7 @@ def mixed_run(tmp_path_factory, standin_tf1):
     result = run_cli([
         "--input_manifest", str(manifest), "--output", str(output),
         "--model", standin_tf1, "--labels", str(LABELS_FILE),
-        "--top_k", "5", "--min_batch_size", "4", "--max_batch_size", "8",
+        "--top_k", "5", "--max_batch_size", "8",
         "--runner", "DirectRunner",
         "--direct_running_mode", "multi_processing",
         "--direct_num_workers", "2"])

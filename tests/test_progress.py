@@ -103,8 +103,7 @@ def test_cli_reports_progress_and_a_full_summary(standin_tf1, tmp_path):
     output = tmp_path / "out"
     result = run_cli(["--input", str(inputs / "*"), "--output", str(output),
                       "--model", standin_tf1, "--labels", str(LABELS_FILE),
-                      "--progress_interval", "0.2", "--max_batch_size", "4",
-                      "--min_batch_size", "4"])
+                      "--progress_interval", "0.2", "--max_batch_size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     progress = re.findall(r"progress: (\S+) images", result.stderr)
     assert progress and progress[-1] == "43/43", result.stderr[-3000:]

@@ -46,7 +46,7 @@ def test_killed_run_then_resume_equals_a_clean_run(corpus, standin_tf1,
                                                    tmp_path):
     common = ["--model", standin_tf1, "--labels", str(LABELS_FILE),
               "--input", str(corpus / "*.JPEG"), "--rows_per_file", "20",
-              "--min_batch_size", "4", "--max_batch_size", "16",
+              "--max_batch_size", "16",
               "--direct_running_mode", "multi_processing",
               "--direct_num_workers", "2"]
     killed = tmp_path / "killed"

@@ -129,9 +129,9 @@ class ClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
     `loader` says what to load (a backend's module and its options, see
     transforms/backends/); the handler loads it once per process. Its
     examples are images, and its input comes pre-batched: each element is a
-    DecodedBatch (batched before decoding, see transforms/decode.py), which
-    RunInference hands to `run_inference` as one batch, one ready-made array
-    per model call. Yields one PredictionResult(example=DecodedBatch.facts,
+    DecodedBatch (a chunk's images decoded straight into the array the
+    model takes, see transforms/label_chunks.py), handed to `run_inference`
+    as one batch, one ready-made array per model call. Yields one PredictionResult(example=DecodedBatch.facts,
     inference=Classifications, model_id=model_id) per batch.
 
     Loads are counted by RunInference itself: its distribution
