@@ -46,9 +46,14 @@ def test_killed_run_then_resume_equals_a_clean_run(corpus, standin_tf1,
                                                    tmp_path):
     common = ["--model", standin_tf1, "--labels", str(LABELS_FILE),
               "--input", str(corpus / "*.JPEG"), "--rows_per_file", "20",
-              "--max_batch_size", "16",
+              "--max_batch_size", "16", "--backend", "tf",
               "--direct_running_mode", "multi_processing",
               "--direct_num_workers", "2"]
+    # An input that blocks its reader until it is replaced: the run cannot
+    # end before it is killed. (--backend tf: no parity gate reads inputs
+    # at launch.)
+    waiting = corpus / "img99998_waits.JPEG"
+    os.mkfifo(waiting)
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--output", str(killed), *common],
@@ -60,14 +65,17 @@ def test_killed_run_then_resume_equals_a_clean_run(corpus, standin_tf1,
             if len(list(killed.glob("labels-*.parquet"))) >= 3:
                 break
             time.sleep(0.02)
-        assert process.poll() is None, "run ended before it could be killed"
+        assert process.poll() is None, process.stderr.read()[-3000:]
         os.killpg(process.pid, signal.SIGKILL)  # launcher and workers
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+        waiting.unlink()
+        os.symlink(photo_paths()[0], waiting)
     partial = _rows_by_uri(killed, "labels")
     assert 0 < len(partial) < N_IMAGES, len(partial)
+    assert str(waiting) not in partial
     assert not (killed / "_SUCCESS.json").exists()
 
     # Without --resume the output is refused, untouched.
@@ -91,7 +99,7 @@ def test_killed_run_then_resume_equals_a_clean_run(corpus, standin_tf1,
     clean_errors = _rows_by_uri(clean, "errors")
     assert not set(union_labels) & set(union_errors)
     assert union_labels.keys() == clean_labels.keys()
-    assert len(union_labels) == N_IMAGES
+    assert len(union_labels) == N_IMAGES + 1  # the waiting one too
     assert union_errors.keys() == clean_errors.keys() == {
         str(corpus / "img99999_broken.JPEG")}
     for uri, row in clean_labels.items():
