@@ -113,6 +113,19 @@ def run_command(body: Callable[[List[str]], int], argv: Sequence[str],
         return EXIT_FAILED
 
 
+def run_subcommand(body: Callable[[argparse.Namespace], int],
+                   parser: argparse.ArgumentParser, argv: Sequence[str],
+                   name: str) -> int:
+    """A subcommand: its help (exit 0) or its parsed arguments given to
+    `body`, through run_command."""
+    def parse_and_run(args: List[str]) -> int:
+        if wants_help(args):
+            sys.stdout.write(parser.format_help())
+            return EXIT_OK
+        return body(parser.parse_args(args))
+    return run_command(parse_and_run, argv, name)
+
+
 # ---------------------------------------------------------------------------
 # Console
 # ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import numpy as np
 
 from pipeline.cli_base import (EXIT_OK, CommandParser, UserError,  # pylint: disable=unused-import
                                positive_int, require_cloud_credentials,
-                               run_command, wants_help)
+                               run_subcommand)
 from pipeline.config import JobConfig, default_decode_settings
 from pipeline.options import (DEFAULT_LABELS, DEFAULT_MAX_FILE_BYTES,
                               DEFAULT_MODEL)
@@ -416,15 +416,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`python -m pipeline evaluate ...`; returns the exit status."""
-    return run_command(_main, argv, "evaluate")
+    return run_subcommand(_main, build_parser(), argv, "evaluate")
 
 
-def _main(argv: List[str]) -> int:
-    parser = build_parser()
-    if wants_help(argv):
-        sys.stdout.write(parser.format_help())
-        return EXIT_OK
-    args = parser.parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     if not args.input:
         raise EvaluateError("--input is required: a glob of images named "
                             "after their synset, or a .csv of uri,label")

@@ -77,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace results already under --output")
     io_group.add_argument(
         "--resume", action="store_true",
-        help="keep results already under --output and label only the "
-        "inputs that are in none of its finished files")
+        help="keep the committed chunks already under --output and label "
+        "only the inputs that none of them holds")
     io_group.add_argument(
         "--rows_per_file", type=positive_int, default=5000,
-        help="rows per output file; each file is committed as soon as it "
-        "is full, so a killed run keeps its finished files")
+        help="images per chunk (about: chunks are hash buckets of the "
+        "URIs); each chunk's labels and errors files are committed as soon "
+        "as it is labeled, so a killed run keeps its finished chunks")
     model_group = parser.add_argument_group("model")
     model_group.add_argument(
         "--model", default=DEFAULT_MODEL,

@@ -49,8 +49,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.cli_base import (EXIT_OK, CommandParser, UserError,  # pylint: disable=unused-import
-                               require_cloud_credentials, run_command,
-                               wants_help, whole_number)
+                               require_cloud_credentials, run_subcommand,
+                               whole_number)
 from pipeline.config import default_decode_settings
 from pipeline.options import DEFAULT_MAX_FILE_BYTES
 from transforms.errors import one_line
@@ -1200,15 +1200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """`python -m pipeline report ...`; returns the exit status."""
-    return run_command(_main, argv, "report")
+    return run_subcommand(_main, build_parser(), argv, "report")
 
 
-def _main(argv: List[str]) -> int:
-    parser = build_parser()
-    if wants_help(argv):
-        sys.stdout.write(parser.format_help())
-        return EXIT_OK
-    args = parser.parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     if not args.output_dir:
         raise ReportError("give the output directory of a labeling run: "
                           "python -m pipeline report OUTPUT_DIR")
