@@ -38,7 +38,8 @@ setuptools.setup(
                  "MobileNet V2 classifier: labels and embeddings to Parquet."),
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["pipeline", "transforms", "transforms.data"],
+    packages=setuptools.find_packages(
+        include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     include_package_data=True,
     package_data={"transforms.data": ["ImageNetLabels.txt"]},  # the module's 1001 class names
     install_requires=REQUIRED,

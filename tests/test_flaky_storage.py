@@ -185,10 +185,13 @@ def test_flaky_run_gives_the_clean_runs_rows(storage, runs, capsys):
         _assert_same_labels(row, clean[uri])
     # The module copy went through the faulty proxy, into a fresh cache.
     assert "saved_model.pb" in _cached_module_files(run)
-    # Only finished outputs are left: no temporary shards.
+    # Only finished outputs are left: committed files, their commit
+    # records, the manifest and the staged model; no temporary files.
     names = emu.list(BUCKET, f"{run.output}/")
-    assert names and all(n.endswith((".parquet", ".json")) for n in names), \
-        names
+    assert names and all(
+        n.endswith((".parquet", "/_SUCCESS.json")) or "/_attempts/" in n or
+        "/_model/" in n for n in names), names
+    assert not any("_incomplete" in n for n in names), names
 
 
 # Batches form by timing, and TF's CPU kernels round differently for a

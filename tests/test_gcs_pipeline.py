@@ -70,11 +70,13 @@ def test_gs_input_output_and_model(emulator, standin_tf1, tmp_path):
         f"gs://{BUCKET}/photos/not-an-image.JPEG"]
     assert set(labels.column("model").to_pylist()) == {
         f"gs://{BUCKET}/modules/standin"}
-    # Only committed files, their commit records and the manifest remain.
+    # Only committed files, their commit records, the manifest and the
+    # staged model remain.
     names = emulator.list(BUCKET, "out/")
     assert f"gs://{BUCKET}/out/_SUCCESS.json" in names
     assert all(n.endswith(".parquet") or n.endswith("_SUCCESS.json") or
-               "/out/_attempts/" in n for n in names), names
+               "/out/_attempts/" in n or "/out/_model/" in n
+               for n in names), names
     assert not any("_incomplete" in n for n in names), names
 
 

@@ -494,7 +494,10 @@ def _offline_job_description(config: Path, package, tmp_path, monkeypatch):
     args, options = parse_args(["--config", str(config), *JOB_FLAGS,
                                 "--no_auth", "--dry_run=True"])
     pipeline = beam.Pipeline(options=options)  # validates the options
-    job.build(pipeline, args, load_labels(str(LABELS_FILE)), new_run_id())
+    from transforms import backends  # pylint: disable=import-outside-toplevel
+    loader = backends.prepare(backends.REFERENCE, args.model).local
+    job.build(pipeline, args, load_labels(str(LABELS_FILE)), new_run_id(),
+              loader)
     result = pipeline.run()
     dataflow_job = result.job
     staging = tmp_path / "staging"
