@@ -306,8 +306,8 @@ def beam_options(beam_flags: Sequence[str]) -> PipelineOptions:
 
     Without --runner, the job runs on LOCAL_RUNNER. Local runs default to
     one process (`in_memory`) with decoding threads overlapping inference:
-    measured faster here than one process per core (see README,
-    Performance), and the launch check's module copy is reused.
+    one copy of the model with the whole machine, and the launch checks'
+    copy is reused (docs/performance.md compares the modes).
     """
     options = PipelineOptions(list(beam_flags))
     standard = options.view_as(StandardOptions)
