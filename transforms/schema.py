@@ -4,7 +4,7 @@ labels-*.parquet, one row per labeled image:
 
 | column         | type                  | meaning                                          |
 |----------------|-----------------------|--------------------------------------------------|
-| uri            | string                | input URI, exactly as matched / listed           |
+| uri            | string                | input: absolute local path, or URI as given      |
 | label          | string                | top-1 class name                                 |
 | score          | float32               | top-1 softmax probability                        |
 | top_k_indices  | list<int32>           | top-k class indices (0..1000; 0 = background)    |
@@ -14,7 +14,7 @@ labels-*.parquet, one row per labeled image:
 | width, height  | int32                 | upright size in pixels, before cropping          |
 | format         | string                | decoder's format name (JPEG, PNG, ...)           |
 | model          | string                | module handle the labels came from               |
-| backend        | string                | inference backend ("tf")                         |
+| backend        | string                | inference backend (tf, xnnpack)                  |
 | labeled_at     | timestamp[us, UTC]    | when the batch was classified                    |
 
 errors-*.parquet, one row per image that could not be labeled:
