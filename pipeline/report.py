@@ -774,12 +774,16 @@ def _run_section(results: Results) -> str:
     return "".join(parts)
 
 
+def _empty(parts: List[str]) -> str:
+    """A section with nothing to show: its heading and a note."""
+    return "".join(parts) + '<p class="muted">no labeled images</p></section>'
+
+
 def _labels_section(labels) -> str:
     counts = label_counts(labels)
     parts = ['<section id="labels"><h2>Top-1 labels</h2>']
     if not counts:
-        parts.append('<p class="muted">no labeled images</p></section>')
-        return "".join(parts)
+        return _empty(parts)
     top = counts[:TOP_LABELS]
     most = top[0][1]
     parts.append(f'<p class="muted">{_plural(len(counts), "distinct label")}'
@@ -806,8 +810,7 @@ def _scores_section(labels) -> str:
                      .astype(np.float64))
     parts = ['<section id="scores"><h2>Top-1 scores</h2>']
     if not scores.size:
-        parts.append('<p class="muted">no labeled images</p></section>')
-        return "".join(parts)
+        return _empty(parts)
     counts = score_histogram(scores)
     median = scores[len(scores) // 2]
     parts.append(f'<p class="muted">min {scores[0]:.3f}, median '
@@ -854,8 +857,7 @@ def _images_section(labels, rows: Sequence[Dict[str, Any]]) -> str:
              "(top-1 label, score, the margin over the second guess, and "
              "the other top-k guesses)</span></h2>"]
     if not rows:
-        parts.append('<p class="muted">no labeled images</p></section>')
-        return "".join(parts)
+        return _empty(parts)
     if labels.num_rows > len(rows):
         parts.append(f'<p class="warning">The table holds the first '
                      f"{len(rows):,} of {labels.num_rows:,} images in uri "
@@ -906,8 +908,7 @@ def _least_confident_section(rows, thumbnails, thumbnails_on) -> str:
              '<span class="muted">(lowest top-1 scores, with every top-k '
              "guess)</span></h2>"]
     if not rows:
-        parts.append('<p class="muted">no labeled images</p></section>')
-        return "".join(parts)
+        return _empty(parts)
     parts.append('<div class="grid">')
     for row in rows:
         guesses = "".join(
