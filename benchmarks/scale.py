@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from benchmarks.throughput import child_pids
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LABELS = PROJECT_ROOT / "transforms" / "data" / "ImageNetLabels.txt"
 FILES_PER_DIRECTORY = 10_000
@@ -96,17 +98,6 @@ class TreeRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _children(pid: int) -> List[int]:
-        children: List[int] = []
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                    children.extend(int(c) for c in handle.read().split())
-        except OSError:
-            pass  # gone meanwhile
-        return children
-
     def _rss_kb(self, pid: int) -> int:
         try:
             with open(f"/proc/{pid}/statm") as handle:
@@ -117,11 +108,11 @@ class TreeRss:
     def _run(self) -> None:
         while not self._stop.is_set():
             launcher = self._rss_kb(self.pid)
-            workers, todo = 0, self._children(self.pid)
+            workers, todo = 0, child_pids(self.pid)
             while todo:
                 pid = todo.pop()
                 workers += self._rss_kb(pid)
-                todo.extend(self._children(pid))
+                todo.extend(child_pids(pid))
             self.launcher_kb = max(self.launcher_kb, launcher)
             self.workers_kb = max(self.workers_kb, workers)
             self.total_kb = max(self.total_kb, launcher + workers)

@@ -261,6 +261,18 @@ def plain_loop_ips(corpus: Path, output: Path, model: str, backend: str,
     return float(re.search(r"^RATE ([\d.]+)", run.output, re.M).group(1))
 
 
+def child_pids(pid: int) -> List[int]:
+    """The direct children of a process (Linux /proc), [] once it is gone."""
+    children: List[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                children.extend(int(c) for c in handle.read().split())
+    except OSError:
+        pass  # gone meanwhile
+    return children
+
+
 class PeakMemory:
     """Samples the memory of a process and all its descendants: peak RSS
     (/proc/PID/statm) and peak PSS (/proc/PID/smaps_rollup: shared pages
@@ -276,17 +288,6 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _children(pid: int) -> List[int]:
-        children: List[int] = []
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                    children.extend(int(c) for c in handle.read().split())
-        except OSError:
-            pass  # gone meanwhile
-        return children
-
     def _sample(self) -> Tuple[int, int]:
         rss = pss = 0
         todo = [self.pid]
@@ -300,7 +301,7 @@ class PeakMemory:
                                  if line.startswith("Pss:")), 0)
             except (OSError, IndexError, ValueError):
                 continue
-            todo.extend(self._children(pid))
+            todo.extend(child_pids(pid))
         return rss, pss
 
     def _run(self) -> None:
