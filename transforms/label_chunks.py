@@ -27,11 +27,14 @@ from transforms.errors import (STAGE_CLASSIFY, STAGE_READ, ErrorRecord,
                                error_record)
 from transforms.cores import (cores_per_process, memory_per_process,
                              share_machine)
+from transforms.imaging import (DECODE_THREAD_NICENESS, ImageBytes,
+                                decode_batch, warm_up)
 from transforms.labeling import (ChunkCounts, batches_of,
                                  lower_this_thread_priority, pipelined,
                                  process_file_slots, process_pool,
                                  reads_within_slots)
 from transforms.read import check_uri_allowed, read_file_bytes
+from transforms.rows import label_batch
 from transforms.write import ChunkWriter
 
 _LOGGER = logging.getLogger(__name__)
@@ -136,7 +139,6 @@ class _LabelChunk(beam.DoFn):
         self._model = None
 
     def setup(self):
-        from transforms.imaging import DECODE_THREAD_NICENESS, warm_up  # pylint: disable=import-outside-toplevel
         settings = self._settings
         share_machine(settings.processes_per_machine)  # before pools, model
         self._model = self._classifier.acquire()
@@ -150,7 +152,6 @@ class _LabelChunk(beam.DoFn):
         warm_up()  # decoder warnings go to the debug log and error rows
 
     def _read(self, uri: str):
-        from transforms.imaging import ImageBytes  # pylint: disable=import-outside-toplevel
         settings = self._settings
         try:
             check_uri_allowed(uri, settings.allowed_schemes)
@@ -163,7 +164,6 @@ class _LabelChunk(beam.DoFn):
     def _prepare(self, uris: Sequence[str]):
         """On a decode thread: read and decode one batch, each file decoded
         as soon as it is read (its bytes are dropped then)."""
-        from transforms.imaging import decode_batch  # pylint: disable=import-outside-toplevel
         read_errors: List[ErrorRecord] = []
         images = _LazyImages(len(uris), reads_within_slots(
             uris, self._read, self._slots, read_errors, self._read_pool,
@@ -195,7 +195,7 @@ class _LabelChunk(beam.DoFn):
             writer.abandon()
             raise
         if record is not None:
-            count_committed(record, writer.errors)
+            count_committed(record)
             yield record
 
 
@@ -204,7 +204,6 @@ def classify_rows(handler, model, decoded, errors: List[ErrorRecord],
     """On the bundle thread: the model on one decoded batch → (label rows or
     None, errors). A batch the model refuses becomes one classify-stage
     error per image, so a failed batch loses nothing."""
-    from transforms.rows import label_batch  # pylint: disable=import-outside-toplevel
     if decoded is None:
         return None, errors
     try:
@@ -217,15 +216,14 @@ def classify_rows(handler, model, decoded, errors: List[ErrorRecord],
                                for uri in decoded.uris]
 
 
-def count_committed(record: Dict[str, Any],
-                    errors: Sequence[ErrorRecord]) -> None:
-    """The counts of a committed chunk: the runner keeps only the counters
-    of successful attempts, so each image is counted once."""
+def count_committed(record: Dict[str, Any]) -> None:
+    """The counts of a committed chunk, from its commit record: the runner
+    keeps only the counters of successful attempts, so each image is
+    counted once."""
     count("images_labeled", record["labeled"])
     count("chunks_committed")
-    for error in errors:
-        count(f"images_failed_{error.stage}")
     for kind, images in record["errors_by_type"].items():
+        count(f"images_failed_{kind.split('/', 1)[0]}", images)
         count(f"errors:{kind}", images)
 
 

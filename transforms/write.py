@@ -28,6 +28,7 @@ published as soon as it is complete, so a killed job keeps its work):
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import re
 import uuid
@@ -196,7 +197,8 @@ class ChunkWriter:
         self.output, self.run_id, self.chunk = output, run_id, chunk
         self.attempt = attempt or new_attempt_id()
         self._rows: List[pa.RecordBatch] = []
-        self._unstreamed = 0  # rows at the end of _rows not yet streamed
+        self._streamed = 0    # leading batches of _rows already streamed
+        self._unstreamed = 0  # rows in the others
         self._errors: List[ErrorRecord] = []
         self._stream: Optional[_StreamedFile] = None
         self._stream_failed = False
@@ -230,19 +232,14 @@ class ChunkWriter:
     def _stream_rows(self) -> None:
         if self._stream_failed or not self._unstreamed:
             return
-        unstreamed, count = [], 0
-        for batch in reversed(self._rows):
-            if count >= self._unstreamed:
-                break
-            unstreamed.insert(0, batch)
-            count += batch.num_rows
+        unstreamed = self._rows[self._streamed:]
         try:
             if self._stream is None:
                 self._stream = _StreamedFile(self._temporary(LABELS_PREFIX),
                                              LABELS_SCHEMA)
             self._stream.write(pa.Table.from_batches(unstreamed,
                                                      LABELS_SCHEMA))
-            self._unstreamed = 0
+            self._streamed, self._unstreamed = len(self._rows), 0
         except Exception:  # pylint: disable=broad-except
             _LOGGER.warning("streaming rows of chunk %s to %s failed; the "
                             "file will be written whole", self.chunk,
@@ -313,12 +310,10 @@ class ChunkWriter:
 
 
 def _json(value: Any) -> bytes:
-    import json  # pylint: disable=import-outside-toplevel
     return json.dumps(value, sort_keys=True).encode("utf-8")
 
 
 def read_record(path: str) -> Dict[str, Any]:
-    import json  # pylint: disable=import-outside-toplevel
     with FileSystems.open(path) as handle:
         return json.loads(handle.read().decode("utf-8"))
 
