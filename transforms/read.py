@@ -1,5 +1,6 @@
-"""Step 1: URI → bytes, through Beam's `FileSystems` (every filesystem Beam
-knows), with retries for transient storage errors and a size limit."""
+"""Step 1: URI → bytes, with retries for transient storage errors and a
+size limit: local paths with the operating system's open(), every other
+scheme through Beam's `FileSystems` (every filesystem Beam knows)."""
 from __future__ import annotations
 
 import io
@@ -58,18 +59,28 @@ def _local_size(handle) -> Optional[int]:
         return None
 
 
+def _open(uri: str):
+    """A binary handle on the file. Local paths skip FileSystems: its
+    per-call scheme lookup, wrappers and retry layer cost ~3% of the job's
+    throughput on local images, paid in the decode threads' GIL."""
+    if uri_scheme(uri) == "file":
+        return open(uri[len("file://"):] if uri.startswith("file://")
+                    else uri, "rb")
+    # UNCOMPRESSED: an image named *.gz must not be inflated on the way in.
+    return FileSystems.open(uri,
+                            compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 @retry.with_exponential_backoff(num_retries=5, initial_delay_secs=0.5,
                                 retry_filter=_is_transient)
 def read_file_bytes(uri: str, max_bytes: int) -> bytes:
-    """Read a whole file via Beam's FileSystems, refusing files over max_bytes.
+    """Read a whole file, refusing files over max_bytes.
 
     At most max_bytes + 1 bytes are read, so an oversized file never sits in
     memory whatever its metadata says. Transient storage errors are retried
     with exponential backoff; the last error is raised.
     """
-    # UNCOMPRESSED: an image named *.gz must not be inflated on the way in.
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED
-                          ) as handle:
+    with _open(uri) as handle:
         size = _local_size(handle)
         if size is None or size >= max_bytes:
             data = handle.read(max_bytes + 1)
