@@ -13,6 +13,7 @@ work runs in plain functions (transforms/labeling.py).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.counting import count
 from transforms.classify import SharedClassifier
@@ -54,14 +58,47 @@ def chunk_of(uri: str, chunks: int) -> str:
     return f"c{int.from_bytes(digest, 'big') % chunks:06d}"
 
 
+class _GroupByChunkInBundle(beam.DoFn):
+    """URIs → (chunk id, [URIs]): the URIs of one bundle grouped by chunk
+    before the shuffle, so that it moves about one element per chunk and
+    bundle instead of one per URI (as Beam's combiner lifting does for a
+    combine). Buffers at most `max_buffered` URIs."""
+
+    def __init__(self, rows_per_file: int, max_buffered: int = 10_000):
+        self._rows_per_file = rows_per_file
+        self._max_buffered = max_buffered
+        self._groups: Dict[str, List[str]] = {}
+        self._buffered = 0
+
+    def start_bundle(self):
+        self._groups, self._buffered = {}, 0
+
+    def process(self, uri: str, inputs: int
+                ) -> Iterable[Tuple[str, List[str]]]:
+        chunk = chunk_of(uri, chunk_count(inputs, self._rows_per_file))
+        self._groups.setdefault(chunk, []).append(uri)
+        self._buffered += 1
+        if self._buffered >= self._max_buffered:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        for group in self._flush():
+            yield WindowedValue(group, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _flush(self) -> Iterator[Tuple[str, List[str]]]:
+        groups, self._groups, self._buffered = self._groups, {}, 0
+        yield from groups.items()
+
+
 class _KeepUndone(beam.DoFn):
-    """(chunk, {"inputs": URIs, "done": URIs}) → (chunk, sorted URIs that
-    are not done), each URI once."""
+    """(chunk, {"inputs": lists of URIs, "done": lists of URIs}) → (chunk,
+    sorted URIs that are not done), each URI once."""
 
     def process(self, grouped) -> Iterable[Chunk]:
         chunk, groups = grouped
-        inputs = set(groups["inputs"])
-        undone = inputs.difference(groups["done"])
+        inputs = set(itertools.chain.from_iterable(groups["inputs"]))
+        undone = inputs.difference(
+            itertools.chain.from_iterable(groups["done"]))
         count("images_skipped_done", len(inputs) - len(undone))
         if undone:
             yield chunk, sorted(undone)
@@ -70,25 +107,28 @@ class _KeepUndone(beam.DoFn):
 class ChunkUris(beam.PTransform):
     """PCollection[str] of URIs (repeats allowed) → PCollection[Chunk].
 
-    `done`: URIs already in committed files (--resume), left out."""
+    `done`: URIs already in committed files (--resume), left out.
+    `max_buffered`: URIs a worker groups by chunk before it flushes them
+    to the shuffle."""
 
-    def __init__(self, rows_per_file: int, done=None):
+    def __init__(self, rows_per_file: int, done=None,
+                 max_buffered: int = 10_000):
         super().__init__()
         self._rows_per_file = rows_per_file
         self._done = done
+        self._max_buffered = max_buffered
 
     def expand(self, uris):
         count = beam.pvalue.AsSingleton(
             uris | "Count" >> beam.combiners.Count.Globally())
-        rows_per_file = self._rows_per_file
-
-        def key(uri: str, inputs: int) -> Tuple[str, str]:
-            return chunk_of(uri, chunk_count(inputs, rows_per_file)), uri
-
         done = self._done if self._done is not None else (
             uris.pipeline | "NoneDone" >> beam.Create([]))
-        return ({"inputs": uris | "KeyInputs" >> beam.Map(key, count),
-                 "done": done | "KeyDone" >> beam.Map(key, count)}
+        return ({"inputs": uris | "KeyInputs" >> beam.ParDo(
+                    _GroupByChunkInBundle(self._rows_per_file,
+                                          self._max_buffered), count),
+                 "done": done | "KeyDone" >> beam.ParDo(
+                    _GroupByChunkInBundle(self._rows_per_file,
+                                          self._max_buffered), count)}
                 | "Group" >> beam.CoGroupByKey()
                 | "KeepUndone" >> beam.ParDo(_KeepUndone()))
 
