@@ -9,7 +9,8 @@ Handles:
     TensorFlow's own gs:// support has fixed endpoints and credentials of
     its own; Beam's filesystems are what the rest of the job already uses.
 
-Only URL handles import TensorFlow (through tensorflow_hub).
+Only URL handles that are not yet in tensorflow_hub's cache import
+TensorFlow (through tensorflow_hub).
 """
 from __future__ import annotations
 
@@ -73,6 +74,29 @@ def copy_to_local_cache(handle: str, cache_dir: Optional[str] = None) -> str:
     return target
 
 
+def downloaded_hub_module(handle: str) -> Optional[str]:
+    """The directory tensorflow_hub's resolver returns for a URL handle it
+    has already downloaded, or None (not downloaded yet, or a load format
+    other than the default compressed one).
+
+    By hand because tensorflow_hub looks in its cache only after importing
+    TensorFlow (seconds and ~0.5 GB at every launch); this is its
+    compressed-format cache path (`compressed_module_resolver._module_dir`:
+    TFHUB_CACHE_DIR or <temp>/tfhub_modules, then the handle's sha1),
+    checked against `hub.resolve` by a test."""
+    if os.environ.get("TFHUB_MODEL_LOAD_FORMAT", "") not in (
+            "", "AUTO", "COMPRESSED"):
+        return None
+    cache_dir = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), "tfhub_modules")
+    module_dir = os.path.join(
+        cache_dir, hashlib.sha1(handle.encode("utf8")).hexdigest())
+    # A download is renamed into place whole: a non-empty directory is done.
+    if os.path.isdir(module_dir) and os.listdir(module_dir):
+        return module_dir
+    return None
+
+
 def resolve_handle(handle: str, cache_dir: Optional[str] = None) -> str:
     """Module handle → local directory that tensorflow_hub can load."""
     if handle.startswith("file://"):
@@ -80,6 +104,9 @@ def resolve_handle(handle: str, cache_dir: Optional[str] = None) -> str:
     if is_beam_remote(handle):
         return copy_to_local_cache(handle, cache_dir)
     if is_url(handle):
+        downloaded = downloaded_hub_module(handle)
+        if downloaded:
+            return downloaded
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow_hub as hub  # pylint: disable=import-outside-toplevel
         return hub.resolve(handle)
