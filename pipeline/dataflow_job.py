@@ -24,14 +24,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 from pipeline.cli_base import UsageError
+from transforms.data import IMAGENET_LABELS
 
 _LOGGER = logging.getLogger("pipeline")
 
 DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow")
-#: The label file the package ships (the default module's 1001 classes),
-#: used when --labels cannot be read offline.
-PACKAGED_LABELS = Path(__file__).resolve().parents[1] / "transforms" / \
-    "data" / "ImageNetLabels.txt"
 
 
 def _is_true(value: Any) -> bool:
@@ -70,7 +67,7 @@ def _offline_labels(location: str):
         return load_labels(location)
     _LOGGER.info("dry run: --labels %s is not read (remote); the "
                  "description carries the packaged label file", location)
-    return load_labels(str(PACKAGED_LABELS))
+    return load_labels(str(IMAGENET_LABELS))
 
 
 def _local_staging_client(options, directory: Path):

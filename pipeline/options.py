@@ -24,11 +24,13 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 from pipeline.cli_base import (CommandParser, UsageError, UserError,  # pylint: disable=unused-import
                                positive_int)
 from pipeline.config import JobConfig
+from transforms.data import IMAGENET_LABELS
 
 DEFAULT_MODEL = ("https://tfhub.dev/google/imagenet/"
                  "mobilenet_v2_050_96/classification/2")
-DEFAULT_LABELS = ("https://storage.googleapis.com/download.tensorflow.org/"
-                  "data/ImageNetLabels.txt")
+#: The module's 1001 class names, shipped with the package: no download at
+#: launch.
+DEFAULT_LABELS = str(IMAGENET_LABELS)
 DEFAULT_FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
 # Pillow's own decompression-bomb threshold; a 90 MP RGB image is ~270 MB.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_group.add_argument(
         "--labels", default=DEFAULT_LABELS,
         help="label file, one class name per line (local, gs:// or URL); "
-        "its line count must equal the module's classes")
+        "its line count must equal the module's classes (default: the "
+        "ImageNet label list shipped with the package)")
     model_group.add_argument(
         "--top_k", type=positive_int, default=5,
         help="labels kept per image, most probable first (at most the "

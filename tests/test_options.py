@@ -18,6 +18,10 @@ def test_defaults_are_the_model_card_handles():
     assert args.model == DEFAULT_MODEL
     assert args.model.endswith("mobilenet_v2_050_96/classification/2")
     assert args.labels == DEFAULT_LABELS and args.top_k == 5
+    # The module's published label list, read from the package: no
+    # download at launch.
+    assert "://" not in args.labels
+    assert open(args.labels, "rb").read() == LABELS_FILE.read_bytes()
     # The runner is chosen explicitly (no Prism download attempt).
     assert options.view_as(StandardOptions).runner == LOCAL_RUNNER
     direct = options.view_as(DirectOptions)
