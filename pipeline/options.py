@@ -240,6 +240,10 @@ def check_beam_flags(flags: Sequence[str], config_path: str = "") -> None:
     class defines, stray positional arguments (an unquoted glob the shell
     expanded), and a label file given as Dataflow's --label."""
     parser = _beam_option_parser()
+
+    def refuse(message: str):  # argparse would print Beam's whole usage
+        raise UsageError(f"{message} (a Beam option); see --help")
+    parser.error = refuse
     known, unknown = parser.parse_known_args(list(flags))
     names = [flag.split("=", 1)[0] for flag in unknown if flag.startswith("-")]
     if names:

@@ -48,6 +48,13 @@ def test_an_unquoted_glob_is_refused_with_a_hint(tmp_path):
     assert not out.exists()
 
 
+def test_a_beam_option_without_its_value_is_one_line():
+    """Beam's own parser would print its usage (~300 lines) instead."""
+    result = run_cli(["--input", "/a/*.jpg", *OUT, "--dry_run"])
+    _one_line_error(result, "--dry_run", "expected one argument")
+    assert "usage:" not in result.stderr
+
+
 def test_stray_arguments_after_beam_options_are_refused():
     with pytest.raises(UsageError, match="unexpected argument b.jpg"):
         parse_args(["--input", "a.jpg", "--runner", "FnApiRunner", "b.jpg",
