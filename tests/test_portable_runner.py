@@ -427,7 +427,7 @@ def test_dataflow_config_parses_and_every_key_is_commented(name):
     from apache_beam.options.pipeline_options import (  # pylint: disable=import-outside-toplevel
         DebugOptions, GoogleCloudOptions, SetupOptions, StandardOptions,
         WorkerOptions)
-    from pipeline.options import parse_args  # pylint: disable=import-outside-toplevel
+    from pipeline.options import DEFAULT_LABELS, parse_args  # pylint: disable=import-outside-toplevel
     path = CONFIGS / name
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -447,9 +447,10 @@ def test_dataflow_config_parses_and_every_key_is_commented(name):
     assert worker.max_num_workers >= 1 and worker.disk_size_gb >= 30
     assert "use_runner_v2" in debug.experiments
     # The job's own options, not Beam's (--labels is also a Beam alias of
-    # --label, Dataflow job labels: it must not land there).
+    # --label, Dataflow job labels: the packaged default must not land
+    # there).
     assert args.model.startswith("gs://your-bucket/models/")
-    assert args.labels == "gs://your-bucket/models/ImageNetLabels.txt"
+    assert args.labels == DEFAULT_LABELS
     assert not cloud.labels
     assert args.input == JOB_FLAGS[1] and args.output == JOB_FLAGS[3]
     keys = _config_keys(path)
