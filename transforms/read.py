@@ -61,8 +61,8 @@ def _local_size(handle) -> Optional[int]:
 
 def _open(uri: str):
     """A binary handle on the file. Local paths skip FileSystems: its
-    per-call scheme lookup, wrappers and retry layer cost ~3% of the job's
-    throughput on local images, paid in the decode threads' GIL."""
+    per-call scheme lookup and wrappers cost ~3% of the chunk step's
+    throughput on local images."""
     if uri_scheme(uri) == "file":
         return open(uri[len("file://"):] if uri.startswith("file://")
                     else uri, "rb")
