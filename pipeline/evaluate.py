@@ -48,7 +48,7 @@ from pipeline.cli_base import (EXIT_OK, CommandParser, UserError,  # pylint: dis
 from pipeline.config import JobConfig, default_decode_settings
 from pipeline.options import (DEFAULT_LABELS, DEFAULT_MAX_FILE_BYTES,
                               DEFAULT_MODEL)
-from transforms.imaging import DecodeSettings, decode_image
+from transforms.imaging import DecodeSettings, decode_image, warm_up
 from transforms.errors import STAGE_DECODE, STAGE_READ, ErrorRecord, \
     error_record, one_line
 
@@ -251,6 +251,7 @@ def evaluate(examples: Sequence[Example],
         read = read_file_bytes
     settings = settings or default_decode_settings()
     result = EvalResult(k=k, total=len(examples))
+    warm_up()  # decoder messages to the debug log, not the console
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         for batch in _batches(examples, batch_size):
             loaded = list(pool.map(

@@ -430,11 +430,17 @@ def missing_reason(uri: str, exc: BaseException) -> str:
 
 def _thumbnail_or_reason(uri: str, read: Callable[[str, int], bytes]
                          ) -> Tuple[Optional[str], str]:
-    try:
-        return make_thumbnail(read(uri, DEFAULT_MAX_FILE_BYTES)), ""
-    except Exception as exc:  # pylint: disable=broad-except
-        _LOGGER.debug("no thumbnail for %s: %s", uri, one_line(exc))
-        return None, missing_reason(uri, exc)
+    from transforms.imaging.notes import collecting  # pylint: disable=import-outside-toplevel
+    with collecting() as heard:  # decoders' warnings: the debug log
+        try:
+            return make_thumbnail(read(uri, DEFAULT_MAX_FILE_BYTES)), ""
+        except Exception as exc:  # pylint: disable=broad-except
+            _LOGGER.debug("no thumbnail for %s: %s", uri, one_line(exc))
+            return None, missing_reason(uri, exc)
+        finally:
+            if heard:
+                _LOGGER.debug("decoder messages for %s: %s", uri,
+                              "; ".join(heard))
 
 
 def make_thumbnails(uris: Sequence[str],
@@ -445,6 +451,8 @@ def make_thumbnails(uris: Sequence[str],
         from transforms.read import read_file_bytes  # pylint: disable=import-outside-toplevel
         read = read_file_bytes
     unique = list(dict.fromkeys(uris))
+    from transforms.imaging import warm_up  # pylint: disable=import-outside-toplevel
+    warm_up()  # decoder messages to the debug log, not the console
     with ThreadPoolExecutor(_THUMBNAIL_THREADS) as pool:
         made = pool.map(lambda uri: _thumbnail_or_reason(uri, read), unique)
         thumbnails = dict(zip(unique, made))

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Dict, List
@@ -231,6 +233,22 @@ def test_make_thumbnail_real_images():
                  "decompression_bomb.gif", "text_file_renamed.jpg"):
         with pytest.raises(Exception):
             rp.make_thumbnail((EDGE_DIR / name).read_bytes())
+
+
+def test_thumbnails_of_damaged_files_keep_decoder_messages_off_the_console():
+    damaged = [str(EDGE_DIR / name) for name in (
+        "crash-0c7e0e8e11ce787078f00b5b0ca409a167f070e0.tif",
+        "oom-225817ca0f8c663be7ab4b9e717b02c661e66834.tif")]
+    code = ("import sys\n"
+            "from pipeline.report import make_thumbnails\n"
+            "print(len(make_thumbnails(sys.argv[1:])))\n")
+    result = subprocess.run([sys.executable, "-c", code, *damaged],
+                            capture_output=True, text=True, check=True,
+                            cwd=PROJECT_ROOT)
+    assert result.stdout.split() == ["2"]  # a thumbnail or a reason each
+    # libtiff and Pillow would print these to stderr without the warm-up.
+    assert not re.search(r"TIFF|_tiff|Warning", result.stderr), \
+        result.stderr
 
 
 def test_missing_inputs_are_noted_not_fatal(tmp_path, monkeypatch):
