@@ -12,7 +12,7 @@ is expanded into directories (GCS: delimiter listings, one element per
 prefix) over `fanout_levels` levels, a `Reshuffle` after each level sends the
 prefixes to different workers, and each prefix is listed as a separate
 element that yields its matches as the pages arrive (GCS: 1,000 objects a
-page). Beam's `FileSystems.match` returns one list per pattern, and its GCS
+page; a GCS listing can be split by name range while it runs). Beam's `FileSystems.match` returns one list per pattern, and its GCS
 listing keeps a set of every name it saw.
 
 Matching follows Beam's glob exactly (`FileSystem.translate_pattern`): `*`
@@ -34,7 +34,9 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
 
 from transforms.errors import METRICS_NAMESPACE
 from transforms.uris import absolute_uri
@@ -199,11 +201,15 @@ def _gcs_split(uri: str) -> Tuple[str, str]:
     return bucket, name
 
 
-def _gcs_pages(prefix: str, delimiter: Optional[str]):
-    """The pages of one GCS listing under `prefix`, in name order."""
+def _gcs_pages(prefix: str, delimiter: Optional[str],
+               names: Optional["NameRange"] = None):
+    """The pages of one GCS listing under `prefix`, in name order (only
+    names in `names`, when given)."""
     bucket, name = _gcs_split(prefix)
     blobs = _gcs_client().list_blobs(
         bucket, prefix=name or None, delimiter=delimiter,
+        start_offset=names.start or None if names else None,
+        end_offset=names.stop if names else None,
         page_size=GCS_PAGE_SIZE, fields=(
             "items(name),prefixes,nextPageToken" if delimiter else
             "items(name),nextPageToken"))
@@ -275,6 +281,171 @@ def iter_matches(pattern: str) -> Iterator[str]:
     yield from list_tree(glob, glob.root)
 
 
+# ------------------------------------ splitting one GCS listing by name range
+class NameRange(NamedTuple):
+    """Object names from `start` (inclusive) to `stop` (exclusive; None:
+    to the end of the bucket), in GCS's order (UTF-8 bytes)."""
+    start: str
+    stop: Optional[str]
+
+
+def names_under(prefix: str) -> NameRange:
+    """Every object name that starts with `prefix`."""
+    stripped = prefix.rstrip("\U0010ffff")
+    return NameRange(prefix, stripped[:-1] + chr(ord(stripped[-1]) + 1)
+                     if stripped else None)
+
+
+_FIRST, _LAST = 0x20, 0x7E  # printable ASCII: what split points use
+_DIGITS = _LAST - _FIRST + 2  # 0 ends a name; 1.. are the characters
+_SPLIT_WIDTH = 8               # characters after the common prefix
+
+
+def _split_digits(name: str, start: int) -> int:
+    value = 0
+    for i in range(start, start + _SPLIT_WIDTH):
+        code = ord(name[i]) if i < len(name) else None
+        digit = 0 if code is None else min(max(code - _FIRST + 1, 1),
+                                           _DIGITS - 1)
+        value = value * _DIGITS + digit
+    return value
+
+
+def split_name(low: str, stop: Optional[str], fraction: float
+               ) -> Optional[str]:
+    """A name about `fraction` of the way from `low` to `stop` (None: the
+    end of the bucket), strictly between them and made of printable ASCII
+    (a valid GCS offset); None if there is none.
+
+    By hand: Beam's LexicographicKeyRangeTracker interpolates over all
+    byte values, and its points between ASCII names are not valid UTF-8."""
+    high = stop if stop is not None else chr(_LAST + 1) * (len(low) + 1)
+    common = 0
+    while common < min(len(low), len(high)) and \
+            low[common] == high[common]:
+        common += 1
+    lower, upper = _split_digits(low, common), _split_digits(high, common)
+    point = lower + max(1, int((upper - lower) * fraction))
+    if point >= upper:
+        return None
+    characters = []
+    for _ in range(_SPLIT_WIDTH):
+        point, digit = divmod(point, _DIGITS)
+        characters.append(digit)
+    name = low[:common]
+    for digit in reversed(characters):
+        if digit == 0:
+            break
+        name += chr(_FIRST + digit - 1)
+    if name <= low:
+        name = low + chr(_FIRST)  # the least printable name after low
+    if stop is not None and name >= stop:
+        return None
+    return name
+
+
+class _NameRangeTracker(RestrictionTracker):
+    """Claims object names in listing order; a split hands the names after
+    a split point to another worker (Dataflow's dynamic work rebalancing),
+    so one huge prefix is not listed by one worker to the end."""
+
+    def __init__(self, names: NameRange):
+        self._names = names
+        self._last: Optional[str] = None
+        self._done = False
+
+    def current_restriction(self) -> NameRange:
+        return self._names
+
+    def try_claim(self, name: Optional[str]) -> bool:
+        """`name`: the next name listed; None: the listing has ended."""
+        stop = self._names.stop
+        if name is None or (stop is not None and name >= stop):
+            self._done = True
+            return False
+        self._last = name
+        return True
+
+    def try_split(self, fraction_of_remainder: float):
+        if self._done:
+            return None
+        low = self._names.start if self._last is None else self._last
+        split = split_name(low, self._names.stop, fraction_of_remainder)
+        if split is None:
+            return None
+        primary = NameRange(self._names.start, split)
+        residual = NameRange(split, self._names.stop)
+        self._names = primary
+        return primary, residual
+
+    def check_done(self) -> None:
+        if not self._done:
+            raise ValueError(f"the listing of {self._names} did not end")
+
+    def current_progress(self) -> RestrictionProgress:
+        from apache_beam.io.range_trackers import LexicographicKeyRangeTracker  # pylint: disable=import-outside-toplevel
+        done = 0.0
+        if self._last is not None:
+            try:
+                done = LexicographicKeyRangeTracker.position_to_fraction(
+                    self._last.encode("utf-8"),
+                    self._names.start.encode("utf-8"),
+                    self._names.stop.encode("utf-8")
+                    if self._names.stop is not None else None)
+            except Exception:  # pylint: disable=broad-except
+                done = 0.0
+        done = min(max(done, 0.0), 1.0)
+        return RestrictionProgress(completed=done, remaining=1.0 - done)
+
+    def is_bounded(self) -> bool:
+        return True
+
+
+class _NamesUnder(RestrictionProvider):
+    """A GCS prefix's restriction: the range of names under it."""
+
+    def initial_restriction(self, prefix: str) -> NameRange:
+        return names_under(_gcs_split(prefix)[1])
+
+    def create_tracker(self, names: NameRange) -> _NameRangeTracker:
+        return _NameRangeTracker(names)
+
+    def restriction_size(self, prefix: str, names: NameRange) -> float:
+        return 1.0  # unknown until listed
+
+
+class _ListGcs(beam.DoFn):
+    """A gs:// prefix → its matching objects (main output) and, with
+    `subdirs`, the sub-prefixes that can hold a match (SUBDIRS), as GCS
+    lists them by name; splittable by name range."""
+
+    def __init__(self, glob: "GlobPattern", subdirs: bool):
+        self._glob = glob
+        self._subdirs = subdirs
+
+    def process(self, prefix: str,
+                names=beam.DoFn.RestrictionParam(_NamesUnder())):
+        bucket = _gcs_split(prefix)[0]
+        listed = names.current_restriction()
+        head = f"gs://{bucket}/"
+        for _, page in _gcs_pages(prefix, "/" if self._subdirs else None,
+                                  listed):
+            entries = sorted([(blob.name, False) for blob in page] +
+                             [(sub, True) for sub in page.prefixes])
+            for name, is_dir in entries:
+                if name < listed.start:
+                    continue  # a sub-prefix the range before this one has
+                if not names.try_claim(name):
+                    return
+                uri = head + name
+                if is_dir:
+                    if self._glob.may_contain(uri):
+                        yield beam.pvalue.TaggedOutput(_SUBDIRS, uri)
+                elif not name.endswith("/") and self._glob.matches(uri):
+                    yield uri
+        names.try_claim(None)
+
+
 # ------------------------------------------------------------ the transforms
 _SUBDIRS = "subdirs"
 
@@ -301,9 +472,12 @@ class GlobUris(beam.PTransform):
     are listed one directory per element, each level spread over the
     workers by a Reshuffle; the directories below them are listed whole,
     one element each. No element holds more than a page of the listing, so
-    memory does not grow with the number of files; a single directory of
-    many files is listed by one worker, page by page. Order within a
-    directory is the storage's (GCS: by name; local: os.scandir's).
+    memory does not grow with the number of files. On gs:// each listing
+    is a splittable DoFn over a range of names, so the runner can hand the
+    rest of a huge prefix to other workers while it is listed (Dataflow's
+    dynamic work rebalancing); a local directory is listed by one worker.
+    Order within a directory is the storage's (GCS: by name; local:
+    os.scandir's).
 
     Local and gs:// globs are listed this way; other filesystems go through
     Beam's FileSystems.match in one element.
@@ -319,14 +493,18 @@ class GlobUris(beam.PTransform):
         if glob.scheme not in ("file", "gs"):
             return (pbegin | "Pattern" >> beam.Create([glob.pattern])
                     | "Match" >> beam.FlatMap(iter_matches))
+        gcs = glob.scheme == "gs"
         prefixes = pbegin | "Root" >> beam.Create([glob.root])
         found = []
         for level in range(self._fanout_levels):
             listed = prefixes | f"ListLevel{level}" >> beam.ParDo(
-                _ListLevel(glob)).with_outputs(_SUBDIRS, main="uris")
+                _ListGcs(glob, subdirs=True) if gcs else _ListLevel(glob)
+            ).with_outputs(_SUBDIRS, main="uris")
             found.append(listed.uris)
             prefixes = listed[_SUBDIRS] | f"Spread{level}" >> beam.Reshuffle()
-        found.append(prefixes | "ListTrees" >> beam.FlatMap(_tree, glob))
+        found.append(prefixes | "ListTrees" >> (
+            beam.ParDo(_ListGcs(glob, subdirs=False)) if gcs else
+            beam.FlatMap(_tree, glob)))
         return tuple(found) | "Matches" >> beam.Flatten()
 
 
