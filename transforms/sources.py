@@ -30,7 +30,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -414,6 +414,33 @@ class _NamesUnder(RestrictionProvider):
         return 1.0  # unknown until listed
 
 
+def claim_in_order(entries: Iterable[Tuple[str, bool]],
+                   names: "_NameRangeTracker"
+                   ) -> Iterator[Tuple[str, bool]]:
+    """The (name, is_dir) entries of a listing, in name order, that belong
+    to the tracker's range, each claimed before it is yielded; the tracker
+    is done when they end or leave the range. A delimiter listing that
+    starts inside a sub-prefix returns that sub-prefix (below the range's
+    start): the range before this one has it."""
+    start = names.current_restriction().start
+    for name, is_dir in entries:
+        if name < start:
+            continue
+        if not names.try_claim(name):
+            return
+        yield name, is_dir
+    names.try_claim(None)
+
+
+def _gcs_entries(prefix: str, subdirs: bool, listed: NameRange
+                 ) -> Iterator[Tuple[str, bool]]:
+    """(name, is_dir) under a gs:// prefix within `listed`, in name order:
+    objects, and with `subdirs` the sub-prefixes (a delimiter listing)."""
+    for _, page in _gcs_pages(prefix, "/" if subdirs else None, listed):
+        yield from sorted([(blob.name, False) for blob in page] +
+                          [(sub, True) for sub in page.prefixes])
+
+
 class _ListGcs(beam.DoFn):
     """A gs:// prefix → its matching objects (main output) and, with
     `subdirs`, the sub-prefixes that can hold a match (SUBDIRS), as GCS
@@ -425,25 +452,16 @@ class _ListGcs(beam.DoFn):
 
     def process(self, prefix: str,
                 names=beam.DoFn.RestrictionParam(_NamesUnder())):
-        bucket = _gcs_split(prefix)[0]
-        listed = names.current_restriction()
-        head = f"gs://{bucket}/"
-        for _, page in _gcs_pages(prefix, "/" if self._subdirs else None,
-                                  listed):
-            entries = sorted([(blob.name, False) for blob in page] +
-                             [(sub, True) for sub in page.prefixes])
-            for name, is_dir in entries:
-                if name < listed.start:
-                    continue  # a sub-prefix the range before this one has
-                if not names.try_claim(name):
-                    return
-                uri = head + name
-                if is_dir:
-                    if self._glob.may_contain(uri):
-                        yield beam.pvalue.TaggedOutput(_SUBDIRS, uri)
-                elif not name.endswith("/") and self._glob.matches(uri):
-                    yield uri
-        names.try_claim(None)
+        head = f"gs://{_gcs_split(prefix)[0]}/"
+        entries = _gcs_entries(prefix, self._subdirs,
+                               names.current_restriction())
+        for name, is_dir in claim_in_order(entries, names):
+            uri = head + name
+            if is_dir:
+                if self._glob.may_contain(uri):
+                    yield beam.pvalue.TaggedOutput(_SUBDIRS, uri)
+            elif not name.endswith("/") and self._glob.matches(uri):
+                yield uri
 
 
 # ------------------------------------------------------------ the transforms
