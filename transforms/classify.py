@@ -131,7 +131,8 @@ class ClassifierHandler(ModelHandler[DecodedBatch, PredictionResult,
     examples are images, and its input comes pre-batched: each element is a
     DecodedBatch (a chunk's images decoded straight into the array the
     model takes, see transforms/label_chunks.py), handed to `run_inference`
-    as one batch, one ready-made array per model call. Yields one PredictionResult(example=DecodedBatch.facts,
+    as one batch, one ready-made array per model call. Yields one
+    PredictionResult(example=DecodedBatch.facts,
     inference=Classifications, model_id=model_id) per batch.
 
     Loads are counted by RunInference itself: its distribution

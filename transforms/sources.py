@@ -311,6 +311,27 @@ def _split_digits(name: str, start: int) -> int:
     return value
 
 
+def _span(low: str, stop: Optional[str]) -> Tuple[int, int, int]:
+    """(common prefix length, low, stop) of a name range as numbers: the
+    characters after the common prefix as digits."""
+    high = stop if stop is not None else chr(_LAST + 1) * (len(low) + 1)
+    common = 0
+    while common < min(len(low), len(high)) and \
+            low[common] == high[common]:
+        common += 1
+    return common, _split_digits(low, common), _split_digits(high, common)
+
+
+def name_fraction(name: str, start: str, stop: Optional[str]) -> float:
+    """How far `name` lies from `start` to `stop`, in [0, 1], on the same
+    scale split_name uses."""
+    common, lower, upper = _span(start, stop)
+    if upper <= lower:
+        return 0.0
+    return min(max((_split_digits(name, common) - lower) / (upper - lower),
+                   0.0), 1.0)
+
+
 def split_name(low: str, stop: Optional[str], fraction: float
                ) -> Optional[str]:
     """A name about `fraction` of the way from `low` to `stop` (None: the
@@ -319,12 +340,7 @@ def split_name(low: str, stop: Optional[str], fraction: float
 
     By hand: Beam's LexicographicKeyRangeTracker interpolates over all
     byte values, and its points between ASCII names are not valid UTF-8."""
-    high = stop if stop is not None else chr(_LAST + 1) * (len(low) + 1)
-    common = 0
-    while common < min(len(low), len(high)) and \
-            low[common] == high[common]:
-        common += 1
-    lower, upper = _split_digits(low, common), _split_digits(high, common)
+    common, lower, upper = _span(low, stop)
     point = lower + max(1, int((upper - lower) * fraction))
     if point >= upper:
         return None
@@ -383,18 +399,8 @@ class _NameRangeTracker(RestrictionTracker):
             raise ValueError(f"the listing of {self._names} did not end")
 
     def current_progress(self) -> RestrictionProgress:
-        from apache_beam.io.range_trackers import LexicographicKeyRangeTracker  # pylint: disable=import-outside-toplevel
-        done = 0.0
-        if self._last is not None:
-            try:
-                done = LexicographicKeyRangeTracker.position_to_fraction(
-                    self._last.encode("utf-8"),
-                    self._names.start.encode("utf-8"),
-                    self._names.stop.encode("utf-8")
-                    if self._names.stop is not None else None)
-            except Exception:  # pylint: disable=broad-except
-                done = 0.0
-        done = min(max(done, 0.0), 1.0)
+        done = 0.0 if self._last is None else name_fraction(
+            self._last, self._names.start, self._names.stop)
         return RestrictionProgress(completed=done, remaining=1.0 - done)
 
     def is_bounded(self) -> bool:
