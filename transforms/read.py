@@ -61,8 +61,7 @@ def _local_size(handle) -> Optional[int]:
 
 def _open(uri: str):
     """A binary handle on the file. Local paths skip FileSystems: its
-    per-call scheme lookup and wrappers cost ~3% of the chunk step's
-    throughput on local images."""
+    per-call scheme lookup and wrappers are paid once per image."""
     if uri_scheme(uri) == "file":
         return open(uri[len("file://"):] if uri.startswith("file://")
                     else uri, "rb")
